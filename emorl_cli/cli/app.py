@@ -1,0 +1,71 @@
+"""The `emorl` command tree and its single error boundary."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Optional
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from emorl_cli import __version__
+from emorl_cli.cli.console import debug_enabled, err_console
+from emorl_cli.errors import EmorlError
+
+
+class EmorlGroup(TyperGroup):
+    """Turns every `EmorlError` raised below into one red line and exit code 1."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except EmorlError as exc:
+            if debug_enabled():
+                raise
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+
+app = typer.Typer(
+    cls=EmorlGroup,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="EfficientMORL: train, evaluate and inspect object-centric models (Emami et al., ICML 2021).",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"emorl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks (same as EMORL_DEBUG=1).")] = False,
+) -> None:
+    if debug:
+        os.environ["EMORL_DEBUG"] = "1"
+
+
+def not_available(name: str, issue: str) -> None:
+    """Placeholder for a command a later change fills: says so and exits 2, never pretends to work."""
+    err_console.print(f"[yellow]`emorl {name}` is not available yet ({issue}).[/]")
+    raise typer.Exit(2)
+
+
+def _register() -> None:
+    from emorl_cli.cli import commands  # noqa: F401  (attaches every command to `app`)
+
+
+_register()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

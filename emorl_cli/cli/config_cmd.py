@@ -1,0 +1,5 @@
+"""`emorl config show|validate|convert`."""
+
+import typer
+
+app = typer.Typer(no_args_is_help=True)

@@ -1,0 +1,327 @@
+"""Typed run configuration: pydantic models, YAML loading, dotted overrides and cross-field checks.
+
+A config has five sections: `data`, `model`, `geco`, `training`, `eval`. Paper symbols:
+K slots, D latent size, L stochastic (bottom-up) layers, I refinement steps.
+"""
+
+from __future__ import annotations
+
+import math
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from emorl_cli.errors import ConfigError
+
+# Number of mask entities (background included) in each known dataset's ground truth.
+DATASET_ENTITIES = {"tetrominoes": 4, "multi_dsprites": 6, "clevr6": 7, "clevr6_128": 11}
+# CLEVR crop box (left, top, right, bottom) used by the paper: 192x192 from the 240x320 frame.
+CLEVR_CROP_BOX = (64, 29, 256, 221)
+# Image sizes the 'big' decoder (4 stride-2 transposed convs from a 6x6 grid... see model/decoder.py) produces.
+BIG_DECODER_SIZES = (96, 128)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Where the images come from and how they are prepared."""
+
+    dataset: Literal["tetrominoes", "multi_dsprites", "clevr6", "clevr6_128"] = Field(
+        description="Dataset name; fixes the number of ground-truth mask entities and the factor kinds."
+    )
+    data_dir: Path = Field(Path("data"), description="Folder holding the .h5 files (`emorl data fetch` writes there).")
+    train_file: str = Field(description="Training .h5 file name inside data_dir (group `train`).")
+    test_file: str = Field(description="Test .h5 file name inside data_dir (group `test`).")
+    image_size: int = Field(gt=0, description="Side of the square image the model sees, in pixels (H = W).")
+    clevr_crop: bool = Field(
+        False,
+        description="CLEVR preprocessing: crop (64,29,256,221) to 192x192, then resize images to image_size; "
+        "masks are cropped, not resized.",
+    )
+    load_masks: bool = Field(True, description="Load ground-truth masks (needed for ARI and DCI).")
+    load_factors: bool = Field(False, description="Load ground-truth factors (needed for DCI).")
+    in_memory: bool = Field(True, description="Read the whole split into memory when it fits (much faster).")
+
+
+class ModelConfig(_Section):
+    """EfficientMORL or the Slot Attention baseline."""
+
+    kind: Literal["emorl", "slot_attention"] = Field("emorl", description="Which model to build.")
+    K: int = Field(gt=0, description="K: number of slots (object components).")
+    z_size: int = Field(gt=0, description="D: size of each slot's latent vector.")
+    input_size: tuple[int, int, int] = Field(description="[C, H, W] of the images the model sees.")
+    stochastic_layers: int = Field(3, ge=0, description="L: number of bottom-up stochastic (HVAE) layers.")
+    refinement_iters: int = Field(
+        3, ge=0, description="I: iterative-amortized refinement steps at test time (training uses the curriculum)."
+    )
+    log_scale: float = Field(
+        math.log(0.1), description="log σ of the image likelihood; σ = exp(log_scale) is global and fixed."
+    )
+    image_likelihood: Literal["gaussian", "gmm"] = Field(
+        "gaussian", description="Pixel likelihood: Gaussian around the mask-weighted mean, or a mixture (GMM)."
+    )
+    image_decoder: Literal["small", "big", "iodine"] = Field(
+        "iodine", description="Spatial-broadcast decoder: 'small' (Tetrominoes), 'iodine' (CLEVR, dSprites), 'big'."
+    )
+    use_dual_gru: bool = Field(True, description="Update the posterior's mean and softplus with the DualGRU.")
+    bottom_up_prior: bool = Field(
+        False, description="Use the bottom-up posterior of layer l-1 as the prior of layer l (else reversed prior)."
+    )
+    reverse_prior_plusplus: bool = Field(True, description="Reversed prior++ (needs bottom_up_prior false).")
+
+    @field_validator("input_size")
+    @classmethod
+    def _positive_size(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
+        if any(s <= 0 for s in v):
+            raise ValueError(f"every entry must be positive, got {list(v)}")
+        if v[0] != 3:
+            raise ValueError(f"images have 3 channels, got C={v[0]}")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "ModelConfig":
+        if self.reverse_prior_plusplus and self.bottom_up_prior:
+            raise ValueError(
+                "model.reverse_prior_plusplus=true needs model.bottom_up_prior=false; set one of them to false"
+            )
+        if self.image_decoder == "big" and (
+            self.input_size[1] != self.input_size[2] or self.input_size[1] not in BIG_DECODER_SIZES
+        ):
+            raise ValueError(
+                f"model.image_decoder='big' produces only {BIG_DECODER_SIZES[0]}x{BIG_DECODER_SIZES[0]} or "
+                f"{BIG_DECODER_SIZES[1]}x{BIG_DECODER_SIZES[1]} images, but model.input_size is "
+                f"{list(self.input_size)}; use 'iodine' or 'small'"
+            )
+        return self
+
+
+class GecoConfig(_Section):
+    """GECO (Rezende & Viola 2018): minimise KL subject to a reconstruction constraint."""
+
+    enabled: bool = Field(True, description="Train with GECO; false trains the plain ELBO.")
+    target: float = Field(
+        -1.224,
+        description="Reconstruction target C per pixel and channel (nats); the total target is C·(C·H·W).",
+    )
+    ema_alpha: float = Field(0.99, gt=0, lt=1, description="Decay of the EMA of the constraint (C − NLL).")
+    beta_step_size: float = Field(1e-6, gt=0, description="Step size of the Lagrange parameter beta.")
+    step_size_acceleration: float = Field(
+        1.0,
+        gt=0,
+        description="Multiplier on the beta step size while the constraint is met (EMA > 0); 1 disables it, "
+        "as in the original code.",
+    )
+    warm_start: int = Field(1000, ge=0, description="Training step at which the EMA is initialised; ELBO before it.")
+
+
+class TrainingConfig(_Section):
+    """Optimisation (the original's train.py semantics)."""
+
+    batch_size: int = Field(32, gt=0, description="Global batch size, split evenly across processes.")
+    iters: int = Field(gt=0, description="Number of gradient steps.")
+    lr: float = Field(4e-4, gt=0, description="Adam learning rate after warm-up.")
+    warmup: int = Field(10_000, ge=0, description="Linear learning-rate warm-up steps from 0.")
+    lr_decay_rate: float = Field(0.5, gt=0, le=1, description="After warm-up lr·rate^((step−warmup)/decay_steps).")
+    lr_decay_steps: int = Field(100_000, gt=0, description="Steps over which the learning rate decays by the rate.")
+    refinement_curriculum: list[tuple[int, int]] = Field(
+        default_factory=lambda: [(-1, 3)],
+        description="[(step, I), …]: from each step on, train with I refinement steps (last entry ≤ step wins).",
+    )
+    clip_grad_norm: Optional[float] = Field(5.0, description="Max global gradient norm; null disables clipping.")
+    kl_beta: float = Field(1.0, ge=0, description="Weight of the KL term (beta-VAE).")
+    checkpoint_every: int = Field(25_000, gt=0, description="Save a checkpoint every this many steps.")
+    keep_checkpoints: int = Field(3, gt=0, description="How many newest checkpoints to keep.")
+    log_every: int = Field(100, gt=0, description="Write scalars every this many steps.")
+    image_every: int = Field(1000, gt=0, description="Write TensorBoard images every this many steps.")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="Accelerate mixed precision.")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+    seed: int = Field(1, description="Random seed of the run.")
+
+    @field_validator("refinement_curriculum")
+    @classmethod
+    def _increasing(cls, v: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        if not v:
+            raise ValueError("needs at least one (step, I) entry, e.g. [[-1, 3]]")
+        steps = [s for s, _ in v]
+        if any(b <= a for a, b in zip(steps, steps[1:])):
+            raise ValueError(f"steps must be strictly increasing, got {steps}")
+        if any(i < 0 for _, i in v):
+            raise ValueError(f"refinement steps I must be ≥ 0, got {[i for _, i in v]}")
+        return v
+
+    @field_validator("clip_grad_norm")
+    @classmethod
+    def _positive_clip(cls, v: Optional[float]) -> Optional[float]:
+        if v is not None and v <= 0:
+            raise ValueError(f"must be positive or null, got {v}")
+        return v
+
+    def refinement_iters_at(self, step: int) -> int:
+        """I for a training step: the I of the last curriculum entry whose step ≤ `step`."""
+        current = self.refinement_curriculum[0][1]
+        for start, iters in self.refinement_curriculum:
+            if step >= start:
+                current = iters
+        return current
+
+
+class EvalConfig(_Section):
+    """Defaults of `emorl eval`."""
+
+    num_images: int = Field(320, gt=0, description="Test images to evaluate (the paper used 320).")
+    batch_size: int = Field(32, gt=0, description="Images per batch during evaluation.")
+    samples: int = Field(1, gt=0, description="Stochastic inference passes per image.")
+    refinement_iters: Optional[int] = Field(
+        None, ge=0, description="I at test time; null uses model.refinement_iters."
+    )
+
+
+class Config(_Section):
+    """A whole run: data, model, GECO, training and evaluation settings."""
+
+    data: DataConfig
+    model: ModelConfig
+    geco: GecoConfig = Field(default_factory=GecoConfig)
+    training: TrainingConfig
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Config":
+        entities = DATASET_ENTITIES[self.data.dataset]
+        if self.model.K < entities:
+            raise ValueError(
+                f"model.K={self.model.K} is smaller than the {entities} entities (background included) of "
+                f"data.dataset='{self.data.dataset}'; set model.K ≥ {entities}"
+            )
+        h, w = self.model.input_size[1:]
+        if (h, w) != (self.data.image_size, self.data.image_size):
+            raise ValueError(
+                f"model.input_size {list(self.model.input_size)} does not match data.image_size="
+                f"{self.data.image_size}; make them equal"
+            )
+        if self.model.kind == "slot_attention" and self.geco.enabled:
+            raise ValueError("model.kind='slot_attention' trains without GECO; set geco.enabled=false")
+        return self
+
+    def geco_total_target(self) -> float:
+        """GECO target for a whole image: the per-pixel-channel target times C·H·W."""
+        c, h, w = self.model.input_size
+        return self.geco.target * c * h * w
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def shipped_config_names() -> list[str]:
+    """Names of the YAML configs shipped in `configs/`."""
+    return sorted(p.stem for p in _configs_dir().glob("*.yaml"))
+
+
+def _configs_dir() -> Path:
+    """The shipped `configs/` folder: beside the package in a checkout, or installed as package data."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "configs", Path(str(resources.files("emorl_cli"))) / "configs"):
+        if candidate.is_dir():
+            return candidate
+    raise ConfigError(f"the shipped configs folder was not found next to {here}; reinstall emorl")
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A shipped name ('tetrominoes') or a path to a YAML file → the file's path."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist; give a path to a YAML file or a shipped name")
+        return path
+    shipped = _configs_dir() / f"{name_or_path}.yaml"
+    if shipped.is_file():
+        return shipped
+    raise ConfigError(
+        f"unknown config {str(name_or_path)!r}; use a YAML path or one of: {', '.join(shipped_config_names())}"
+    )
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Parse a YAML mapping, with a clear error for syntax errors or a non-mapping file."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML ({exc}); fix the syntax") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping with sections data/model/training, got {type(raw).__name__}")
+    return raw
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides (values parsed as YAML) to a nested dict, in place."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key.path=value, e.g. training.iters=100")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        if len(parts) < 2 or not all(parts):
+            raise ConfigError(f"override key {key!r} must be dotted section.field, e.g. model.K")
+        node = raw
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {key!r}: {part!r} is not a section")
+            node = child
+        try:
+            node[parts[-1]] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            node[parts[-1]] = text
+    return raw
+
+
+def format_validation_error(exc: ValidationError) -> list[str]:
+    """One `section.field: message` line per problem."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (not a field of this section)"
+        lines.append(f"{loc}: {msg}" if loc else msg)
+    return lines
+
+
+class ConfigValidationError(ConfigError):
+    """A config failed validation; `problems` holds one `field: message` line each."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source} is invalid: " + "; ".join(problems))
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
+    """Validate a nested dict into a `Config`, raising `ConfigValidationError` listing every bad field."""
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigValidationError(source, format_validation_error(exc)) from None
+
+
+def load_config(name_or_path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Load a shipped name or YAML path, apply dotted overrides, validate."""
+    path = resolve_config_path(name_or_path)
+    raw = apply_overrides(read_yaml(path), overrides)
+    return config_from_dict(raw, source=str(path))
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain, YAML-safe dict of a config (paths and tuples become strings and lists)."""
+    return cfg.model_dump(mode="json")
+
+
+def dump_yaml(cfg: Config) -> str:
+    """The resolved config as YAML text."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)

@@ -1,0 +1,29 @@
+"""Errors raised by library code.
+
+Every message says what happened, the value seen, and what to do. The CLI turns an
+`EmorlError` into one red line and exit code 1 (the traceback only with `--debug`).
+"""
+
+
+class EmorlError(Exception):
+    """Base class of every error emorl reports to its user."""
+
+
+class ConfigError(EmorlError):
+    """A configuration file or override is invalid."""
+
+
+class DataError(EmorlError):
+    """A dataset file is missing, malformed, or does not match the config."""
+
+
+class DownloadError(EmorlError):
+    """A download failed (network, HTTP status, checksum, disk)."""
+
+
+class CheckpointError(EmorlError):
+    """A checkpoint cannot be read or does not match the model."""
+
+
+class TrainingError(EmorlError):
+    """Training cannot continue (for example a non-finite loss)."""
