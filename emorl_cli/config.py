@@ -7,7 +7,6 @@ K slots, D latent size, L stochastic (bottom-up) layers, I refinement steps.
 from __future__ import annotations
 
 import math
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -20,8 +19,8 @@ from emorl_cli.errors import ConfigError
 DATASET_ENTITIES = {"tetrominoes": 4, "multi_dsprites": 6, "clevr6": 7, "clevr6_128": 11}
 # CLEVR crop box (left, top, right, bottom) used by the paper: 192x192 from the 240x320 frame.
 CLEVR_CROP_BOX = (64, 29, 256, 221)
-# Image sizes the 'big' decoder (4 stride-2 transposed convs from a 6x6 grid... see model/decoder.py) produces.
-BIG_DECODER_SIZES = (96, 128)
+# Image sizes the "big" decoder produces: four stride-2 transposed convolutions from a 6x6 grid.
+BIG_DECODER_SIZES = (96,)
 
 
 class _Section(BaseModel):
@@ -84,7 +83,7 @@ class ModelConfig(_Section):
         return v
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> "ModelConfig":
+    def _cross_checks(self) -> ModelConfig:
         if self.reverse_prior_plusplus and self.bottom_up_prior:
             raise ValueError(
                 "model.reverse_prior_plusplus=true needs model.bottom_up_prior=false; set one of them to false"
@@ -92,9 +91,9 @@ class ModelConfig(_Section):
         if self.image_decoder == "big" and (
             self.input_size[1] != self.input_size[2] or self.input_size[1] not in BIG_DECODER_SIZES
         ):
+            sizes = ", ".join(f"{s}x{s}" for s in BIG_DECODER_SIZES)
             raise ValueError(
-                f"model.image_decoder='big' produces only {BIG_DECODER_SIZES[0]}x{BIG_DECODER_SIZES[0]} or "
-                f"{BIG_DECODER_SIZES[1]}x{BIG_DECODER_SIZES[1]} images, but model.input_size is "
+                f"model.image_decoder='big' produces only {sizes} images, but model.input_size is "
                 f"{list(self.input_size)}; use 'iodine' or 'small'"
             )
         return self
@@ -148,7 +147,7 @@ class TrainingConfig(_Section):
         if not v:
             raise ValueError("needs at least one (step, I) entry, e.g. [[-1, 3]]")
         steps = [s for s, _ in v]
-        if any(b <= a for a, b in zip(steps, steps[1:])):
+        if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
             raise ValueError(f"steps must be strictly increasing, got {steps}")
         if any(i < 0 for _, i in v):
             raise ValueError(f"refinement steps I must be ≥ 0, got {[i for _, i in v]}")
@@ -191,7 +190,7 @@ class Config(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> "Config":
+    def _cross_checks(self) -> Config:
         entities = DATASET_ENTITIES[self.data.dataset]
         if self.model.K < entities:
             raise ValueError(
@@ -223,12 +222,11 @@ def shipped_config_names() -> list[str]:
 
 
 def _configs_dir() -> Path:
-    """The shipped `configs/` folder: beside the package in a checkout, or installed as package data."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "configs", Path(str(resources.files("emorl_cli"))) / "configs"):
-        if candidate.is_dir():
-            return candidate
-    raise ConfigError(f"the shipped configs folder was not found next to {here}; reinstall emorl")
+    """The shipped `configs/` folder (a link to the top-level folder in a checkout, a copy when installed)."""
+    folder = Path(__file__).resolve().parent / "configs"
+    if not folder.is_dir():
+        raise ConfigError(f"the shipped configs folder {folder} is missing; reinstall emorl")
+    return folder
 
 
 def resolve_config_path(name_or_path: str | Path) -> Path:

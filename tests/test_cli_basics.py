@@ -1,0 +1,47 @@
+"""The command tree, version, error boundary and `python -m emorl_cli`."""
+
+import subprocess
+import sys
+
+from emorl_cli import __version__
+
+COMMANDS = ["data", "train", "eval", "gifs", "viz", "tune-geco", "demo", "bench", "config"]
+
+
+def test_help_lists_every_command(cli):
+    result = cli("--help")
+    assert result.exit_code == 0
+    for name in COMMANDS:
+        assert name in result.output
+
+
+def test_group_help_lists_subcommands(cli):
+    assert all(c in cli("data", "--help").output for c in ["fetch", "synth", "info", "verify"])
+    assert all(c in cli("eval", "--help").output for c in ["ari", "dci"])
+    assert all(c in cli("config", "--help").output for c in ["show", "validate", "convert"])
+
+
+def test_version(cli):
+    result = cli("--version")
+    assert result.exit_code == 0
+    assert result.output.strip() == f"emorl {__version__}"
+
+
+def test_library_error_is_one_red_line_exit_1(cli):
+    result = cli("config", "show", "no_such_config")
+    assert result.exit_code == 1
+    assert "unknown config 'no_such_config'" in result.output
+    assert "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_debug_shows_the_exception(cli):
+    result = cli("--debug", "config", "show", "no_such_config")
+    assert result.exit_code != 0
+    assert result.exception is not None and "unknown config" in str(result.exception)
+
+
+def test_python_dash_m_runs_the_same_cli():
+    out = subprocess.run([sys.executable, "-m", "emorl_cli", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0
+    assert out.stdout.strip() == f"emorl {__version__}"
