@@ -1,31 +1,239 @@
-"""`emorl data …` commands."""
+"""`emorl data fetch|synth|info|verify`: parse, call one function of `emorl_cli.data`, render."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.progress import Progress as RichBar
+from rich.table import Table
 
-from emorl_cli.cli.app import not_available
+from emorl_cli.cli.console import console, err_console, is_interactive
+from emorl_cli.data.progress import human_bytes
+from emorl_cli.data.registry import ZENODO_BASE_URL, ZENODO_RECORD_ID
+from emorl_cli.errors import DataError
 
 app = typer.Typer(no_args_is_help=True)
+# Width for tables when the output is not a terminal (a pipe, a file): wide enough never to cut names.
+PIPE_WIDTH = 200
+
+
+def _print_table(table: Table) -> None:
+    if console.is_terminal:
+        console.print(table)
+    else:  # a pipe or file: rich would cut long names at 80 columns
+        Console(file=console.file, width=PIPE_WIDTH, color_system=None).print(table)
+
+
+class RichProgress:
+    """`emorl_cli.data.progress.Progress` drawn with rich on a terminal; plain notes otherwise."""
+
+    def __init__(self) -> None:
+        self.live = is_interactive()
+        self._bar: Optional[RichBar] = None
+        self._task = None
+
+    def start(self, description: str, total: Optional[int], *, unit: str = "bytes", completed: int = 0) -> None:
+        self.finish()
+        if not self.live:
+            return
+        if unit == "bytes":
+            columns = [DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn()]
+        else:
+            columns = [MofNCompleteColumn(), TextColumn(unit), TimeElapsedColumn(), TimeRemainingColumn()]
+        self._bar = RichBar(
+            TextColumn("{task.description}"), BarColumn(), *columns, console=err_console, transient=False
+        )
+        self._bar.start()
+        self._task = self._bar.add_task(description, total=total, completed=completed)
+
+    def advance(self, amount: int) -> None:
+        if self._bar is not None and self._task is not None:
+            self._bar.advance(self._task, amount)
+
+    def finish(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+        self._bar = None
+        self._task = None
+
+    def note(self, text: str) -> None:
+        err_console.print(f"[yellow]{text}[/]", highlight=False, soft_wrap=True)
+
+
+# --------------------------------------------------------------------------------------------- fetch
 
 
 @app.command()
-def fetch() -> None:
-    """Download the EfficientMORL datasets from Zenodo, resumable and verified."""
-    not_available("data fetch", "the data change")
+def fetch(
+    zenodo: Annotated[
+        bool,
+        typer.Option("--zenodo", help=f"Download the EfficientMORL files from Zenodo (record {ZENODO_RECORD_ID})."),
+    ] = False,
+    dest: Annotated[Path, typer.Option("--dest", help="Folder to put the files in.")] = Path("data"),
+    only: Annotated[
+        Optional[list[str]],
+        typer.Option("--only", help="Fetch only this file of the record (repeatable), e.g. --only tetrominoes.h5."),
+    ] = None,
+    record: Annotated[str, typer.Option("--record", help="Zenodo record id.")] = ZENODO_RECORD_ID,
+    base_url: Annotated[str, typer.Option("--base-url", help="Zenodo server (a mirror or a test server).")] = (
+        ZENODO_BASE_URL
+    ),
+    retries: Annotated[int, typer.Option("--retries", min=0, help="Retries per file after a network error.")] = 5,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to wait for the server.")] = 60.0,
+    backoff: Annotated[
+        float, typer.Option("--backoff", min=0.0, help="Seconds before the first retry (doubles each time).")
+    ] = 1.0,
+    recheck: Annotated[
+        bool, typer.Option("--recheck", help="Re-hash files the manifest vouches for; re-download any that changed.")
+    ] = False,
+) -> None:
+    """Download the EfficientMORL datasets from Zenodo: resumable, md5-verified, renamed into place only when whole.
+
+    Writes a manifest (name, size, md5) next to the data; a second run downloads nothing.
+    """
+    from emorl_cli.data.zenodo import FetchOptions, fetch_zenodo
+
+    if not zenodo:
+        raise typer.BadParameter("choose where to fetch from: --zenodo (the only source so far)", param_hint="--zenodo")
+    opts = FetchOptions(
+        record=record,
+        base_url=base_url,
+        only=tuple(only or ()),
+        retries=retries,
+        backoff_s=backoff,
+        timeout_s=timeout,
+        recheck=recheck,
+    )
+    result = fetch_zenodo(dest, opts, RichProgress())
+    for name in result.downloaded:
+        note = " (refetched after a checksum mismatch)" if name in result.refetched else ""
+        console.print(f"[green]✓[/] {name} downloaded and verified{note}")
+    for name in result.extracted:
+        console.print(f"[green]✓[/] {name} extracted and verified")
+    for name in result.skipped:
+        console.print(f"[dim]· {name} already verified, skipped[/]")
+    console.print(f"manifest: {result.manifest}", soft_wrap=True, highlight=False)
+    for folder in result.h5_folders:
+        console.print(f"use the data with --data-dir {folder}", soft_wrap=True, highlight=False)
+
+
+# --------------------------------------------------------------------------------------------- synth
+
+
+class SynthName(str, Enum):
+    tetrominoes = "tetrominoes"
+    multi_dsprites = "multi_dsprites"
 
 
 @app.command()
-def synth() -> None:
-    """Generate a synthetic dataset in the Zenodo layout."""
-    not_available("data synth", "the data change")
+def synth(
+    name: Annotated[SynthName, typer.Argument(help="Which dataset to imitate.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the .h5 files into.")] = Path("data"),
+    train: Annotated[int, typer.Option("--train", min=0, help="Training images (0: no training file).")] = 10_000,
+    test: Annotated[int, typer.Option("--test", min=0, help="Test images (0: no test file).")] = 1_000,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same files.")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Replace files that already exist.")] = False,
+) -> None:
+    """Generate a synthetic Tetrominoes or Multi-dSprites set in the Zenodo layout and file names.
+
+    Any config for that dataset then works with --data-dir pointing at the folder.
+    """
+    from emorl_cli.data.synth import synthesize
+
+    files = synthesize(name.value, out, train, test, seed, force=force, progress=RichProgress())
+    for f in files:
+        console.print(
+            f"[green]✓[/] {f.path} — {f.num_images:,} images in group '{f.split}', {human_bytes(f.size_bytes)}",
+            soft_wrap=True,
+            highlight=False,
+        )
+    console.print(f"use the data with --data-dir {out}", soft_wrap=True, highlight=False)
+
+
+# --------------------------------------------------------------------------------------------- info
+
+
+def _range(lo: Optional[float], hi: Optional[float], rows: int, total: int) -> str:
+    if lo is None or hi is None:
+        return ""
+    text = f"{lo:g} … {hi:g}"
+    return text + (f" (first {rows:,})" if rows and rows < total else "")
 
 
 @app.command()
-def info() -> None:
-    """Describe an .h5 dataset file."""
-    not_available("data info", "the data change")
+def info(
+    file: Annotated[Path, typer.Argument(help="An .h5 dataset file.")],
+    preview: Annotated[
+        Optional[Path], typer.Option("--preview", help="Also write a PNG contact sheet of the first images.")
+    ] = None,
+    count: Annotated[int, typer.Option("--count", min=1, help="Images on the contact sheet.")] = 16,
+) -> None:
+    """Describe an .h5 dataset file: groups, shapes, dtypes, entities, value ranges (and a preview PNG)."""
+    from emorl_cli.data.h5 import describe_file
+    from emorl_cli.data.preview import contact_sheet
+
+    summary = describe_file(file)
+    known = f", the '{summary.known_as}' file name" if summary.known_as else ""
+    console.print(f"[bold]{summary.path}[/] — {human_bytes(summary.size_bytes)}{known}", highlight=False)
+    if summary.attrs:
+        console.print("attributes: " + ", ".join(f"{k}={v}" for k, v in summary.attrs.items()), highlight=False)
+    table = Table(show_edge=False)
+    for column in ("dataset", "shape", "dtype", "range", "values"):
+        table.add_column(column)
+    for ds in summary.datasets:
+        values = ", ".join(f"{v:g}" for v in ds.unique) if ds.unique is not None else ""
+        total = ds.shape[0] if ds.shape else 1
+        table.add_row(ds.name, str(list(ds.shape)), ds.dtype, _range(ds.min, ds.max, ds.rows_read, total), values)
+    _print_table(table)
+    for split, layout in summary.splits.items():
+        h, w = layout.image_hw
+        entities = f"{layout.mask_entities} mask entities" if layout.mask_entities else "no masks"
+        factors = f"{layout.factor_dims} factor columns" if layout.factor_dims else "no factors"
+        console.print(f"split [bold]{split}[/]: {layout.num_images:,} images of {h}x{w}, {entities}, {factors}")
+    for problem in summary.problems:
+        console.print(f"[yellow]problem:[/] {problem}", highlight=False)
+    if preview is not None:
+        written = contact_sheet(file, preview, count=count)
+        console.print(f"[green]✓[/] preview written to {written}", soft_wrap=True, highlight=False)
+
+
+# --------------------------------------------------------------------------------------------- verify
 
 
 @app.command()
-def verify() -> None:
-    """Re-check downloaded files against their manifest."""
-    not_available("data verify", "the data change")
+def verify(
+    folder: Annotated[Path, typer.Argument(help="A folder written by `emorl data fetch` or `emorl data synth`.")],
+) -> None:
+    """Re-check every file of a data folder against its manifest (size and md5); exit 1 naming each bad file."""
+    from emorl_cli.data.manifest import verify_folder
+
+    checks = verify_folder(folder, RichProgress())
+    table = Table(show_edge=False)
+    for column in ("file", "size", "status"):
+        table.add_column(column)
+    for c in checks:
+        status = "[green]ok[/]" if c.ok else f"[red]{c.describe().split(': ', 1)[1]}[/]"
+        table.add_row(c.name, human_bytes(c.expected_size), status)
+    _print_table(table)
+    bad = [c for c in checks if not c.ok]
+    if bad:
+        raise DataError(
+            f"{len(bad)} of {len(checks)} files in {folder} failed verification: "
+            + "; ".join(c.describe() for c in bad)
+            + f" — fetch them again with `emorl data fetch --zenodo --dest {folder} --recheck` "
+            "(or re-run `emorl data synth … --force`)"
+        )
+    console.print(f"[green]✓[/] all {len(checks)} files in {folder} match the manifest", soft_wrap=True)
