@@ -4,7 +4,7 @@ from emorl_cli.cli import bench_cmd, config_cmd, data_cmd, demo_cmd, eval_cmd, p
 from emorl_cli.cli.app import app
 
 app.add_typer(data_cmd.app, name="data", help="Download, synthesise, inspect and verify datasets.")
-app.command("train")(train_cmd.train)
+app.command("train", cls=train_cmd.OptionalValueCommand)(train_cmd.train)
 app.add_typer(eval_cmd.app, name="eval", help="Evaluate a checkpoint: ARI, DCI, activeness.")
 app.command("gifs")(pictures_cmd.gifs)
 app.command("viz")(pictures_cmd.viz)

@@ -1,13 +1,82 @@
 """`emorl tune-geco` and `emorl demo`."""
 
-from emorl_cli.cli.app import not_available
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from emorl_cli.cli.console import console, err_console, is_interactive
+from emorl_cli.cli.options import ConfigArg, ConfigOpt, DataDirOpt, SetOpt
+from emorl_cli.config import load_config, resolve_config_path
 
 
-def tune_geco() -> None:
-    """Propose a GECO reconstruction target from a short pilot run."""
-    not_available("tune-geco", "the demo change")
+def tune_geco(
+    config: ConfigArg,
+    data_dir: DataDirOpt = None,
+    overrides: SetOpt = None,
+    pilot_steps: Annotated[
+        Optional[int], typer.Option("--pilot-steps", help="Pilot length (default: 15% of training.iters).")
+    ] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for the pilot and the plot.")] = None,
+    write_config: Annotated[
+        Optional[Path], typer.Option("--write-config", help="Write a copy of the config with the target set.")
+    ] = None,
+) -> None:
+    """Propose a GECO reconstruction target from a short pilot run without GECO (resumable, seeded)."""
+    from emorl_cli.tune_geco import tune_geco as run
+
+    cfg = load_config(config, overrides)
+    out_dir = out or Path("runs") / f"tune-geco-{resolve_config_path(config).stem}"
+    proposal, paths = run(
+        cfg, out_dir, data_dir=data_dir, pilot_steps=pilot_steps, write_config=write_config,
+        interactive=is_interactive(),
+    )
+    table = Table(title=f"GECO target for {config} (pilot: {proposal.pilot_steps} steps without GECO)")
+    table.add_column("NLL per pixel and channel")
+    table.add_column("value", justify="right")
+    table.add_row("initial", f"{proposal.initial:.4f}")
+    table.add_row(f"background level (step {proposal.background_step})", f"{proposal.background:.4f}")
+    table.add_row("plateau (end of pilot)", f"{proposal.plateau:.4f}")
+    table.add_row("[bold]proposed geco.target[/]", f"[bold]{proposal.target:.4f}[/]")
+    table.add_row("same, whole image (the original's unit)", f"{proposal.total_target:.1f}")
+    console.print(table)
+    for name, path in paths.items():
+        console.print(f"{name}: {path}", highlight=False)
 
 
-def demo() -> None:
-    """Train and show a small model on synthetic Tetrominoes, on a CPU, in minutes."""
-    not_available("demo", "the demo change")
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for data, run, results and pictures.")] = Path(
+        "emorl-demo"
+    ),
+    minutes: Annotated[float, typer.Option("--minutes", "-m", help="Time budget of the whole demo.")] = 5.0,
+    checkpoint: Annotated[
+        Optional[Path], typer.Option("--checkpoint", help="Skip training; show this model (ours or an original .pth).")
+    ] = None,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Train and show EfficientMORL on synthetic Tetrominoes on the CPU, in about --minutes minutes."""
+    from emorl_cli.demo import run_demo, summary_rows
+
+    if minutes <= 0:
+        raise typer.BadParameter(f"--minutes must be positive, got {minutes}")
+    result = run_demo(
+        out,
+        minutes=minutes,
+        checkpoint=checkpoint,
+        config=config,
+        overrides=overrides,
+        on_stage=lambda stage: err_console.print(f"[bold]demo:[/] {stage}", highlight=False),
+        interactive=is_interactive(),
+    )
+    table = Table(title="emorl demo")
+    table.add_column("what")
+    table.add_column("value")
+    for label, value in summary_rows(result):
+        table.add_row(label, str(value))
+    console.print(table)
+
+

@@ -1,19 +1,180 @@
-"""`emorl eval …` commands."""
+"""`emorl eval ari|dci|activeness`: metrics of a checkpoint (ours, or an original .pth with --config)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
+from rich.table import Table
 
-from emorl_cli.cli.app import not_available
+from emorl_cli.cli.console import console
+from emorl_cli.cli.options import BatchSizeOpt, CheckpointOpt, ConfigOpt, DataDirOpt, OutOpt, SeedOpt, SetOpt
+from emorl_cli.cli.progress import image_progress
 
 app = typer.Typer(no_args_is_help=True)
 
+DataFileOpt = Annotated[
+    Optional[Path], typer.Option("--data", help="An .h5 file to evaluate on (instead of --data-dir).")
+]
+SplitOpt = Annotated[str, typer.Option("--split", help="Group of the .h5 file: test or train.")]
+NumImagesOpt = Annotated[Optional[int], typer.Option("--num-images", help="Images to use (default: eval.num_images).")]
+IterOpt = Annotated[
+    Optional[int], typer.Option("--refinement-iters", "-I", help="Refinement steps I at test time.")
+]
+
+METRIC_LABELS = {"fg_ari": "FG-ARI", "ari": "ARI", "mse": "MSE", "kl": "KL", "nll": "NLL"}
+
+
+def _out_dir(out: Optional[Path], checkpoint: Path, what: str) -> Path:
+    return out if out is not None else checkpoint.parent / f"{checkpoint.stem}-{what}"
+
+
+def _accelerator():
+    """An Accelerator only under a multi-process launch (results are then gathered without duplicates)."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from emorl_cli.training.step import make_accelerator
+
+    return make_accelerator("no")
+
 
 @app.command()
-def ari() -> None:
-    """FG-ARI, ARI, MSE, KL of a checkpoint on a test split."""
-    not_available("eval ari", "the evaluation change")
+def ari(
+    checkpoint: CheckpointOpt,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    data_dir: DataDirOpt = None,
+    data: DataFileOpt = None,
+    split: SplitOpt = "test",
+    num_images: NumImagesOpt = None,
+    batch_size: BatchSizeOpt = None,
+    samples: Annotated[Optional[int], typer.Option("--samples", help="Stochastic passes per image.")] = None,
+    refinement_iters: IterOpt = None,
+    seed: SeedOpt = None,
+    out: OutOpt = None,
+) -> None:
+    """FG-ARI (background dropped), ARI, MSE, KL and NLL per image; mean ± std over images."""
+    from emorl_cli.evaluate.ari_report import run_ari_eval
+    from emorl_cli.evaluate.session import load_model, open_eval_split
+
+    loaded = load_model(checkpoint, config, overrides)
+    cfg = loaded.cfg
+    dataset = open_eval_split(cfg, data_dir=data_dir, data_file=data, split=split)
+    accelerator = _accelerator()
+    count = min(len(dataset), num_images or cfg.eval.num_images)
+    out_dir = _out_dir(out, checkpoint, "eval")
+    with image_progress("eval ari", count * (samples or cfg.eval.samples), enabled=accelerator is None) as advance:
+        report = run_ari_eval(
+            loaded,
+            dataset,
+            num_images=count,
+            batch_size=batch_size or cfg.eval.batch_size,
+            samples=samples or cfg.eval.samples,
+            refinement_iters=refinement_iters,
+            seed=cfg.training.seed if seed is None else seed,
+            out_dir=out_dir,
+            accelerator=accelerator,
+            progress=lambda n: advance(n * (samples or cfg.eval.samples)),
+        )
+    if accelerator is not None and not accelerator.is_main_process:
+        return
+    n_samples = samples or cfg.eval.samples
+    table = Table(
+        title=f"{checkpoint.name} on {dataset.path.name}/{split}: {len(report.per_image)} images, "
+        f"I={loaded.refinement_iters(refinement_iters)}",
+        caption="mean ± std over images"
+        + (f"; each image inferred {n_samples}× (stochastic), sample std = mean per-image std" if n_samples > 1 else
+           "; inference is stochastic: use --samples S to average S passes"),
+    )
+    table.add_column("metric")
+    table.add_column("mean ± std", justify="right")
+    if n_samples > 1:
+        table.add_column("sample std", justify="right")
+    for metric, stats in report.summary.items():
+        row = [METRIC_LABELS[metric], f"{stats['mean']:.4g} ± {stats['std']:.3g}"]
+        if n_samples > 1:
+            row.append(f"{stats['sample_std']:.3g}")
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"results: {report.results_path}\nper image: {report.per_image_path}", highlight=False)
 
 
 @app.command()
-def dci() -> None:
-    """DCI disentanglement of a checkpoint."""
-    not_available("eval dci", "the evaluation change")
+def dci(
+    checkpoint: CheckpointOpt,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    data_dir: DataDirOpt = None,
+    data: DataFileOpt = None,
+    split: SplitOpt = "test",
+    num_images: NumImagesOpt = None,
+    batch_size: BatchSizeOpt = None,
+    refinement_iters: IterOpt = None,
+    estimators: Annotated[int, typer.Option("--estimators", help="Trees per gradient-boosted model.")] = 100,
+    seed: SeedOpt = None,
+    out: OutOpt = None,
+) -> None:
+    """DCI disentanglement, completeness and informativeness of the final posterior means (dci.json)."""
+    from emorl_cli.evaluate.dci_report import run_dci_eval
+    from emorl_cli.evaluate.session import load_model, open_eval_split
+
+    loaded = load_model(checkpoint, config, overrides)
+    cfg = loaded.cfg
+    dataset = open_eval_split(cfg, data_dir=data_dir, data_file=data, split=split, load_factors=True)
+    count = min(len(dataset), num_images or cfg.eval.num_images)
+    with image_progress("eval dci", count) as advance:
+        scores, path = run_dci_eval(
+            loaded,
+            dataset,
+            num_images=count,
+            batch_size=batch_size or cfg.eval.batch_size,
+            refinement_iters=refinement_iters,
+            seed=cfg.training.seed if seed is None else seed,
+            estimators=estimators,
+            out_dir=_out_dir(out, checkpoint, "dci"),
+            progress=advance,
+        )
+    table = Table(title=f"DCI of {checkpoint.name}: {scores['matched']} matched slots from {scores['images']} images")
+    table.add_column("score")
+    table.add_column("value", justify="right")
+    for key in ("disentanglement", "completeness", "informativeness_train", "informativeness_test"):
+        table.add_row(key.replace("_", " "), f"{scores[key]:.3f}")
+    console.print(table)
+    console.print(f"results: {path}", highlight=False)
+
+
+@app.command()
+def activeness(
+    checkpoint: CheckpointOpt,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    data_dir: DataDirOpt = None,
+    data: DataFileOpt = None,
+    split: SplitOpt = "test",
+    num_images: Annotated[int, typer.Option("--num-images", help="Images for ranges and activeness.")] = 100,
+    batch_size: BatchSizeOpt = None,
+    refinement_iters: IterOpt = None,
+    seed: SeedOpt = None,
+    out: OutOpt = None,
+) -> None:
+    """Latent ranges and per-dimension activeness (the pass `gifs` uses), written to activeness.json."""
+    from emorl_cli.evaluate.dci_report import run_activeness
+    from emorl_cli.evaluate.session import load_model, open_eval_split
+
+    loaded = load_model(checkpoint, config, overrides)
+    dataset = open_eval_split(loaded.cfg, data_dir=data_dir, data_file=data, split=split)
+    result, path = run_activeness(
+        loaded,
+        dataset,
+        num_images=min(num_images, len(dataset)),
+        batch_size=batch_size or loaded.cfg.eval.batch_size,
+        refinement_iters=refinement_iters,
+        seed=loaded.cfg.training.seed if seed is None else seed,
+        out_dir=_out_dir(out, checkpoint, "activeness"),
+    )
+    top = ", ".join(f"{d} ({result['activeness'][d]:.3g})" for d in result["ranking"][:10])
+    console.print(f"most active latent dimensions: {top}", highlight=False)
+    console.print(f"results: {path}", highlight=False)

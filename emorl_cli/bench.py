@@ -1,0 +1,186 @@
+"""`emorl bench`: seconds per step, images per second and peak memory of training, evaluation and loading.
+
+Timings are medians over `steps` timed repetitions after warm-up repetitions; the spread is the
+interquartile range. Peak memory is the process's peak resident set size on the CPU (it includes the
+Python interpreter and libraries, as `/usr/bin/time` would report) or the CUDA allocator's peak on a GPU.
+"""
+
+from __future__ import annotations
+
+import platform
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from emorl_cli import __version__
+from emorl_cli.config import Config
+from emorl_cli.data import synth
+from emorl_cli.data.dataset import measure_loader_throughput
+
+
+@dataclass
+class BenchResult:
+    """One benchmark's figures."""
+
+    mode: str
+    config: str
+    batch_size: int
+    seconds_per_step: float
+    spread: tuple[float, float]
+    images_per_second: float
+    peak_memory_mb: float
+    memory_kind: str
+    device: str
+    mixed_precision: str
+    extra: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _versions() -> dict[str, str]:
+    return {"emorl": __version__, "torch": torch.__version__, "python": sys.version.split()[0]}
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _peak_memory(device: torch.device) -> tuple[float, str]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda max allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu peak RSS"
+
+
+def _time(fn: Callable[[], Any], steps: int, warmup: int, device: torch.device) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _test_images(cfg: Config, n: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """n images (and masks) of the config's dataset: synthetic where emorl can make them, else noise."""
+    c, h, w = cfg.model.input_size
+    if cfg.data.dataset in ("tetrominoes", "multi_dsprites"):
+        arrays = synth.generate(cfg.data.dataset, n, seed=seed, split="test")
+        imgs = torch.from_numpy(arrays["imgs"]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        masks = torch.from_numpy(arrays["masks"]).permute(0, 1, 4, 2, 3).float()
+        return {"imgs": imgs.contiguous(), "masks": masks, "index": torch.arange(n)}
+    generator = torch.Generator().manual_seed(seed)
+    imgs = torch.rand((n, c, h, w), generator=generator) * 2 - 1
+    labels = torch.randint(0, cfg.model.K, (n, h, w), generator=generator)
+    masks = (torch.nn.functional.one_hot(labels, cfg.model.K).permute(0, 3, 1, 2)[:, :, None] * 255).float()
+    return {"imgs": imgs, "masks": masks, "index": torch.arange(n)}
+
+
+def bench_train(cfg: Config, name: str, *, batch_size: int, steps: int, warmup: int = 2, cpu: bool = False):
+    """Seconds per training step (forward, backward, all-reduce, clipping, Adam, GECO) at a batch size."""
+    from emorl_cli.training.step import StepRunner, make_accelerator
+
+    cfg = cfg.model_copy(deep=True)
+    cfg.training.batch_size = batch_size
+    accelerator = make_accelerator(cfg.training.mixed_precision, cpu=cpu)
+    runner = StepRunner(cfg, accelerator)
+    images = _test_images(cfg, batch_size)["imgs"].to(runner.device)
+    step_at = max(cfg.geco.warm_start + 1, 0)  # GECO active, as for most of a run
+    counter = iter(range(step_at, step_at + steps + warmup))
+    if runner.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(runner.device)
+    times = _time(lambda: runner(next(counter), images), steps, warmup, runner.device)
+    return _result("train", cfg, name, batch_size, times, runner.device, {"refinement_iters": _train_iters(cfg)})
+
+
+def _train_iters(cfg: Config) -> Optional[int]:
+    return cfg.training.refinement_iters_at(cfg.geco.warm_start + 1) if cfg.model.kind == "emorl" else None
+
+
+def bench_eval(
+    cfg: Config,
+    name: str,
+    *,
+    batch_size: int,
+    num_images: int = 320,
+    refinement_iters: Optional[int] = None,
+    one_at_a_time: bool = True,
+    cpu: bool = False,
+):
+    """Seconds to evaluate `num_images` test images (FG-ARI, ARI, MSE, KL), batched and one at a time."""
+    from emorl_cli.evaluate.runner import evaluate_ari
+    from emorl_cli.model import Objective, build_model
+
+    device = torch.device("cuda" if torch.cuda.is_available() and not cpu else "cpu")
+    torch.manual_seed(0)
+    model = build_model(cfg.model).to(device).eval()
+    objective = Objective.geco({"beta": 0.55, "C_ema": 0.0}) if cfg.geco.enabled else Objective.elbo()
+    iters = refinement_iters if refinement_iters is not None else (cfg.eval.refinement_iters or None)
+    data = _test_images(cfg, num_images)
+
+    def run(bs: int) -> float:
+        batches = ({k: v[i : i + bs] for k, v in data.items()} for i in range(0, num_images, bs))
+        start = time.perf_counter()
+        evaluate_ari(model, objective, batches, refinement_iters=iters)
+        return time.perf_counter() - start
+
+    run(batch_size)  # warm-up
+    batched = run(batch_size)
+    extra: dict[str, Any] = {"num_images": num_images, "refinement_iters": iters, "batched_seconds": batched}
+    if one_at_a_time:
+        single = run(1)
+        extra.update(one_at_a_time_seconds=single, speedup=single / batched)
+    return _result("eval", cfg, name, batch_size, [batched / (num_images / batch_size)], device, extra)
+
+
+def bench_data(cfg: Config, name: str, *, batch_size: int, steps: int):
+    """Images per second the training loader delivers from a synthetic file of the config's dataset."""
+    if cfg.data.dataset not in ("tetrominoes", "multi_dsprites"):
+        from emorl_cli.errors import EmorlError
+
+        raise EmorlError(f"bench --mode data needs a dataset emorl can synthesise, got {cfg.data.dataset!r}")
+    with tempfile.TemporaryDirectory() as folder:
+        files = synth.synthesize(cfg.data.dataset, Path(folder), max(4 * batch_size, 2048), 0)
+        path = next(f.path for f in files if f.split == "train")
+        start = time.perf_counter()
+        rate = measure_loader_throughput(path, "train", batch_size, steps, load_masks=False)
+        seconds = time.perf_counter() - start
+    per_step = batch_size / rate
+    return _result("data", cfg, name, batch_size, [per_step], torch.device("cpu"), {"wall_seconds": seconds})
+
+
+def _result(mode, cfg, name, batch_size, times, device, extra) -> BenchResult:
+    median = float(np.median(times))
+    q1, q3 = (float(v) for v in np.percentile(times, [25, 75]))
+    peak, kind = _peak_memory(device)
+    return BenchResult(
+        mode=mode,
+        config=name,
+        batch_size=batch_size,
+        seconds_per_step=median,
+        spread=(q1, q3),
+        images_per_second=batch_size / median,
+        peak_memory_mb=peak,
+        memory_kind=kind,
+        device=_device_name(device),
+        mixed_precision=cfg.training.mixed_precision,
+        extra=extra,
+        versions=_versions(),
+    )

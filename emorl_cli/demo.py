@@ -1,0 +1,146 @@
+"""`emorl demo`: synthesise Tetrominoes, train `configs/demo.yaml` for a time budget, evaluate and draw.
+
+The budget covers the whole command: data synthesis, training, evaluation (FG-ARI, MSE, KL on the test
+split), `viz` and `gifs`. Training stops when the time left equals an estimate of what the later stages
+need, so the command ends close to the budget.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from emorl_cli.config import Config, config_from_dict, config_to_dict, load_config
+from emorl_cli.data.registry import DATASETS
+from emorl_cli.data.synth import synthesize
+
+DEMO_TRAIN_IMAGES = 10_000
+DEMO_TEST_IMAGES = 320
+# Seconds the stages after training take on a 2-core CPU (measured), reserved from the budget.
+RESERVE_EVAL, RESERVE_VIZ, RESERVE_GIFS = 25.0, 8.0, 20.0
+
+
+@dataclass
+class DemoResult:
+    """What the demo produced: metrics and every output path."""
+
+    metrics: dict[str, dict[str, float]]
+    paths: dict[str, Path]
+    seconds: dict[str, float] = field(default_factory=dict)
+    steps: int = 0
+
+
+def demo_config(out_dir: Path, overrides: Optional[list[str]] = None) -> Config:
+    """configs/demo.yaml (with dotted overrides) and its data folder inside `out_dir`."""
+    raw = config_to_dict(load_config("demo", overrides))
+    raw["data"]["data_dir"] = str(out_dir / "data")
+    return config_from_dict(raw, source="demo config")
+
+
+def ensure_data(cfg: Config) -> Path:
+    """Synthesise the demo's Tetrominoes unless both files are already there."""
+    folder = Path(cfg.data.data_dir)
+    spec = DATASETS[cfg.data.dataset]
+    missing = [split for split in ("train", "test") if not (folder / spec.file_for(split)).exists()]
+    if missing:
+        counts = {"train": DEMO_TRAIN_IMAGES if "train" in missing else 0,
+                  "test": DEMO_TEST_IMAGES if "test" in missing else 0}
+        synthesize(cfg.data.dataset, folder, counts["train"], counts["test"], seed=0)
+    return folder
+
+
+def run_demo(
+    out_dir: Path,
+    *,
+    minutes: float = 5.0,
+    checkpoint: Optional[Path] = None,
+    config: Optional[str] = None,
+    overrides: Optional[list[str]] = None,
+    on_stage: Callable[[str], None] = lambda stage: None,
+    interactive: bool = False,
+) -> DemoResult:
+    """The whole workflow; with `checkpoint`, skip training and show that model instead."""
+    from emorl_cli.evaluate.ari_report import run_ari_eval
+    from emorl_cli.evaluate.session import batches_of, load_model, open_eval_split
+    from emorl_cli.training.loop import train
+    from emorl_cli.viz.pipeline import make_gifs, make_viz
+
+    started = time.perf_counter()
+    budget = minutes * 60.0
+    out_dir = Path(out_dir)
+    cfg = demo_config(out_dir, overrides)
+    paths: dict[str, Path] = {}
+    seconds: dict[str, float] = {}
+
+    def mark(stage: str, since: float) -> float:
+        now = time.perf_counter()
+        seconds[stage] = now - since
+        return now
+
+    on_stage("data")
+    paths["data"] = ensure_data(cfg)
+    t = mark("data", started)
+    steps = 0
+    if checkpoint is None:
+        on_stage("train")
+        run = out_dir / time.strftime("run-%Y%m%d-%H%M%S")
+        reserve = _reserve(budget)
+        train_seconds = max(1.0, budget - (time.perf_counter() - started) - reserve)
+        result = train(cfg, run, show_progress=True, interactive=interactive, max_seconds=train_seconds)
+        checkpoint, steps = result.last_checkpoint, result.start_step + result.steps
+        paths["run"], paths["checkpoint"] = run, checkpoint
+        t = mark("train", t)
+    else:
+        paths["checkpoint"] = Path(checkpoint)
+
+    loaded = load_model(Path(checkpoint), config)
+    test = open_eval_split(loaded.cfg, data_dir=paths["data"])
+    on_stage("eval")
+    report = run_ari_eval(
+        loaded, test, num_images=min(DEMO_TEST_IMAGES, len(test)), batch_size=loaded.cfg.eval.batch_size, samples=1,
+        refinement_iters=None, seed=0, out_dir=out_dir / "eval",
+    )
+    paths["results"] = report.results_path
+    paths["per_image"] = report.per_image_path
+    t = mark("eval", t)
+    on_stage("viz")
+    objective, iters = loaded.objective(), loaded.refinement_iters(None)
+    shown = min(8, len(test))
+    paths["viz"] = make_viz(
+        loaded.model, objective, batches_of(test, list(range(shown)), shown), out_dir / "viz",
+        refinement_iters=iters, num_images=shown,
+    )
+    t = mark("viz", t)
+    on_stage("gifs")
+    ranged = min(16, len(test))
+    gifs = make_gifs(
+        loaded.model, objective, batches_of(test, list(range(ranged)), ranged), out_dir / "gifs",
+        refinement_iters=iters, num_images=ranged, top_k=4, frames=8,
+    )
+    paths["gifs"] = out_dir / "gifs"
+    paths["gif_sheet"] = gifs["sheet"]
+    mark("gifs", t)
+    seconds["total"] = time.perf_counter() - started
+    return DemoResult(metrics=report.summary, paths=paths, seconds=seconds, steps=steps)
+
+
+def _reserve(budget: float) -> float:
+    """Seconds kept for evaluation and pictures: the measured estimate, at most 40% of a tiny budget."""
+    return min(RESERVE_EVAL + RESERVE_VIZ + RESERVE_GIFS, 0.4 * budget)
+
+
+def summary_rows(result: DemoResult) -> list[tuple[str, Any]]:
+    """(label, value) rows of the closing table."""
+    rows: list[tuple[str, Any]] = []
+    for key, label in (("fg_ari", "FG-ARI"), ("mse", "MSE"), ("kl", "KL")):
+        if key in result.metrics:
+            m = result.metrics[key]
+            rows.append((label, f"{m['mean']:.4g} ± {m['std']:.3g}"))
+    if result.steps:
+        rows.append(("training steps", result.steps))
+    rows.append(("seconds (total)", f"{result.seconds.get('total', 0):.0f}"))
+    rows += [(name, str(path)) for name, path in result.paths.items()]
+    return rows

@@ -1,0 +1,149 @@
+"""`emorl eval ari` as a library call: batched, sharded over processes, written to results.json/per_image.csv."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from emorl_cli import __version__
+from emorl_cli.config import config_to_dict
+from emorl_cli.data.dataset import H5Dataset
+from emorl_cli.evaluate.runner import METRICS, evaluate_ari
+from emorl_cli.evaluate.session import LoadedModel, batches_of, file_sha256, shard_indices
+from emorl_cli.files import atomic_write_json, atomic_write_text
+
+STOCHASTIC_NOTE = (
+    "inference is stochastic (posterior samples); with samples > 1 every image is inferred that many times "
+    "with fresh noise and its per-image mean is used, 'sample_std' is the mean over images of the per-image std"
+)
+
+
+@dataclass
+class AriReport:
+    """Summary (metric → mean/std/n over images), per-image rows and where they were written."""
+
+    summary: dict[str, dict[str, float]]
+    per_image: list[dict[str, Any]]
+    results_path: Optional[Path]
+    per_image_path: Optional[Path]
+    seconds: float
+
+
+def per_image_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Group (image, sample) records by image: each metric's mean and std over samples, sorted by index."""
+    grouped: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    seen: set[tuple[int, int]] = set()
+    for record in records:
+        key = (record["index"], record["sample"])
+        if key not in seen:  # a gather may repeat padded items
+            seen.add(key)
+            grouped[record["index"]].append(record)
+    rows = []
+    for index in sorted(grouped):
+        row: dict[str, Any] = {"index": index, "samples": len(grouped[index])}
+        for metric in METRICS:
+            values = [r[metric] for r in grouped[index] if r.get(metric) is not None]
+            if values:
+                row[metric] = float(np.mean(values))
+                row[f"{metric}_std"] = float(np.std(values))
+        rows.append(row)
+    return rows
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """metric → mean, std (over images, NaNs skipped), n, and sample_std (mean per-image std over samples)."""
+    summary = {}
+    for metric in METRICS:
+        values = np.array([r[metric] for r in rows if metric in r], dtype=np.float64)
+        finite = values[np.isfinite(values)]
+        if values.size == 0:
+            continue
+        stds = np.array([r[f"{metric}_std"] for r in rows if metric in r], dtype=np.float64)
+        summary[metric] = {
+            "mean": float(finite.mean()) if finite.size else math.nan,
+            "std": float(finite.std()) if finite.size else math.nan,
+            "n": int(finite.size),
+            "skipped": int(values.size - finite.size),
+            "sample_std": float(np.nanmean(stds)) if stds.size else 0.0,
+        }
+    return summary
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    columns = ["index", "samples"] + [c for m in METRICS for c in (m, f"{m}_std") if any(c in r for r in rows)]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def run_ari_eval(
+    loaded: LoadedModel,
+    dataset: H5Dataset,
+    *,
+    num_images: Optional[int],
+    batch_size: int,
+    samples: int,
+    refinement_iters: Optional[int],
+    seed: int,
+    out_dir: Optional[Path],
+    accelerator: Any = None,
+    progress: Optional[Callable[[int], None]] = None,
+) -> AriReport:
+    """Evaluate FG-ARI, ARI, MSE, KL and NLL per image; with `accelerator`, shard over its processes."""
+    rank = accelerator.process_index if accelerator is not None else 0
+    world = accelerator.num_processes if accelerator is not None else 1
+    torch.manual_seed(seed + rank)
+    iters = loaded.refinement_iters(refinement_iters)
+    indices = shard_indices(len(dataset), num_images, rank, world)
+    started = time.perf_counter()
+    records = evaluate_ari(
+        loaded.model,
+        loaded.objective(),
+        batches_of(dataset, indices, batch_size),
+        refinement_iters=iters,
+        samples=samples,
+        progress=progress,
+    )
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        records = gather_object(records)
+    rows = per_image_rows(records)
+    summary = summarize(rows)
+    seconds = time.perf_counter() - started
+    results_path = per_image_path = None
+    if out_dir is not None and rank == 0:
+        results_path, per_image_path = Path(out_dir) / "results.json", Path(out_dir) / "per_image.csv"
+        atomic_write_json(
+            results_path,
+            {
+                "metrics": summary,
+                "num_images": len(rows),
+                "samples": samples,
+                "refinement_iters": iters,
+                "seed": seed,
+                "note": STOCHASTIC_NOTE,
+                "checkpoint": str(loaded.checkpoint),
+                "checkpoint_sha256": file_sha256(loaded.checkpoint),
+                "data_file": str(dataset.path),
+                "split": dataset.split,
+                "processes": world,
+                "seconds": seconds,
+                "emorl_version": __version__,
+                "config": config_to_dict(loaded.cfg),
+            },
+        )
+        atomic_write_text(per_image_path, _csv(rows))
+    return AriReport(summary, rows, results_path, per_image_path, seconds)

@@ -1,0 +1,123 @@
+"""What a forward pass optimises: the plain ELBO or the GECO-weighted objective of the original.
+
+Per image b and stage i (i = 0 after the L bottom-up layers, i = 1..I after each refinement step):
+
+- ELBO:  ℓ_b = NLL_b + kl_beta·KL_b
+- GECO:  ℓ_b = kl_beta·KL_b − softplus(β)·(C_t + sg(C_ema − C_t)),  C_t = C − NLL_b
+         (sg = stop-gradient). Its *value* is kl_beta·KL_b − softplus(β)·C_ema and its *gradient* is
+         that of kl_beta·KL_b + softplus(β)·NLL_b; the target C cancels, so it is not needed here.
+         softplus(β) is a constant (β is not trained by backprop).
+
+The original's training loss is the batch mean of ℓ; the refinement network sees the gradient of ℓ
+with respect to the posterior parameters λ (see `refinement_grad`).
+
+Who decides "before the GECO warm start → ELBO"? This class: `Objective.for_training_step(step, geco,
+kl_beta)` applies the original's rule (ELBO when there is no GECO, when kl_beta == 0, or when
+step < warm_start; GECO from the warm-start step on). The training loop calls it every step; the model
+never sees the step. For evaluation the original passes step = warm_start + 1, i.e. it uses
+`Objective.geco(state)` when the run trained with GECO and `Objective.elbo()` otherwise.
+
+`refinement_grad` says which gradient feeds the refinement network:
+- "per_image" (default): ∇λ of Σ_b ℓ_b — each image's refinement depends on that image alone, whatever
+  the batch; equal to the original at batch size 1 (how its eval.py runs).
+- "batch_mean": ∇λ of mean_b ℓ_b — exactly the original's training (the gradient is 1/B smaller; after the
+  layer norm this differs only through the norm's ε = 1e-5, so results depend weakly on the batch size).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal, Optional
+
+import torch
+
+GECO_BETA_INIT = 0.55  # softplus(0.55) ≈ 1
+
+
+def _as_float(value: Any) -> float:
+    return float(value.detach().cpu().item()) if isinstance(value, torch.Tensor) else float(value)
+
+
+def _softplus(value: float) -> float:
+    # in float32 like the original's torch.nn.functional.softplus on a float32 parameter
+    return float(torch.nn.functional.softplus(torch.tensor(value, dtype=torch.float32)))
+
+
+@dataclass(frozen=True)
+class Objective:
+    """An immutable description of the loss; build it with `elbo`, `geco` or `for_training_step`."""
+
+    kind: Literal["elbo", "geco"] = "elbo"
+    kl_beta: float = 1.0
+    geco_beta: float = GECO_BETA_INIT  # raw β; the NLL weight is softplus(β)
+    geco_c_ema: float = 0.0  # EMA of the constraint C − NLL, enters the loss value only
+    refinement_grad: Literal["per_image", "batch_mean"] = "per_image"
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("elbo", "geco"):
+            raise ValueError(f"Objective.kind must be 'elbo' or 'geco', got {self.kind!r}")
+        if self.refinement_grad not in ("per_image", "batch_mean"):
+            raise ValueError(f"refinement_grad must be 'per_image' or 'batch_mean', got {self.refinement_grad!r}")
+        if not math.isfinite(self.kl_beta) or self.kl_beta < 0:
+            raise ValueError(f"kl_beta must be finite and ≥ 0, got {self.kl_beta}")
+
+    @classmethod
+    def elbo(cls, kl_beta: float = 1.0, *, refinement_grad: str = "per_image") -> Objective:
+        """NLL + kl_beta·KL."""
+        return cls("elbo", float(kl_beta), refinement_grad=refinement_grad)  # type: ignore[arg-type]
+
+    @classmethod
+    def geco(
+        cls,
+        geco_state_or_beta: Any,
+        c_ema: Optional[float] = None,
+        *,
+        kl_beta: float = 1.0,
+        refinement_grad: str = "per_image",
+    ) -> Objective:
+        """kl_beta·KL + softplus(β)·NLL (value: kl_beta·KL − softplus(β)·C_ema).
+
+        `geco_state_or_beta` is a `emorl_cli.geco.GECO`, its `state_dict()` ({"beta", "C_ema"}), or β
+        itself (a float or 0-d tensor; then `c_ema` gives C_ema, default 0).
+        """
+        if hasattr(geco_state_or_beta, "beta") and hasattr(geco_state_or_beta, "C_ema"):
+            beta, ema = geco_state_or_beta.beta, geco_state_or_beta.C_ema
+        elif isinstance(geco_state_or_beta, dict):
+            beta, ema = geco_state_or_beta["beta"], geco_state_or_beta["C_ema"]
+        else:
+            beta, ema = geco_state_or_beta, 0.0
+        if c_ema is not None:
+            ema = c_ema
+        return cls(
+            "geco",
+            float(kl_beta),
+            _as_float(beta),
+            _as_float(ema),
+            refinement_grad,  # type: ignore[arg-type]
+        )
+
+    @classmethod
+    def for_training_step(
+        cls, step: int, geco: Any = None, kl_beta: float = 1.0, *, refinement_grad: str = "per_image"
+    ) -> Objective:
+        """The original's rule: GECO iff a GECO object is given, kl_beta != 0 and step ≥ geco.warm_start."""
+        if geco is None or kl_beta == 0 or step < geco.warm_start:
+            return cls.elbo(kl_beta, refinement_grad=refinement_grad)
+        return cls.geco(geco, kl_beta=kl_beta, refinement_grad=refinement_grad)
+
+    @property
+    def nll_weight(self) -> float:
+        """Weight of the NLL in the gradient: 1 (ELBO) or softplus(β) (GECO)."""
+        return 1.0 if self.kind == "elbo" else _softplus(self.geco_beta)
+
+    def per_image(self, nll: torch.Tensor, kl: torch.Tensor) -> torch.Tensor:
+        """ℓ_b for NLL [B] and KL [B] → [B], with the value and gradient described above."""
+        if self.kind == "elbo":
+            return nll + self.kl_beta * kl
+        weight = self.nll_weight
+        return self.kl_beta * kl + weight * (nll - nll.detach()) - weight * self.geco_c_ema
+
+    def refinement_target(self, per_image: torch.Tensor) -> torch.Tensor:
+        """The scalar whose gradient w.r.t. λ the refinement network sees."""
+        return per_image.sum() if self.refinement_grad == "per_image" else per_image.mean()

@@ -1,0 +1,210 @@
+"""The training loop: data order, run folder, logs, checkpoints and resume around `StepRunner`.
+
+A checkpoint named step_S holds the state after S updates; resuming it runs step S next, with the same
+data (order.py), the same noise (noise.py) and the restored weights, optimizer, GECO and schedule, so an
+interrupted run continues exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import yaml
+from torch.utils.data import DataLoader
+
+from emorl_cli.checkpoint import load_checkpoint, save_checkpoint
+from emorl_cli.config import Config, config_to_dict
+from emorl_cli.data.dataset import collate_batch, open_split
+from emorl_cli.errors import TrainingError
+from emorl_cli.files import atomic_write_json, atomic_write_text
+from emorl_cli.training.images import training_figure
+from emorl_cli.training.order import GlobalBatchOrder, StepBatchSampler
+from emorl_cli.training.progress import TrainingProgress
+from emorl_cli.training.run_logs import MetricsLog, TensorBoardLog
+from emorl_cli.training.rundir import RunDir
+from emorl_cli.training.step import NonFiniteLoss, StepRunner, make_accelerator
+
+
+@dataclass
+class TrainResult:
+    """What a finished run leaves behind."""
+
+    run_dir: Path
+    start_step: int
+    steps: int
+    last_checkpoint: Path
+    seconds: float
+    final_scalars: dict[str, float]
+
+
+class Trainer:
+    """One training run: build everything once, then `run()`."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        run_dir: Path,
+        *,
+        data_dir: Optional[Path] = None,
+        resume: bool = False,
+        cpu: bool = False,
+        show_progress: bool = True,
+        interactive: bool = False,
+        record_ranks: bool = False,
+        max_seconds: Optional[float] = None,
+    ):
+        self.cfg = cfg
+        self.run_dir = RunDir(Path(run_dir))
+        self.accelerator = make_accelerator(cfg.training.mixed_precision, cpu=cpu)
+        self.main = self.accelerator.is_main_process
+        self.show_progress, self.interactive, self.record_ranks = show_progress, interactive, record_ranks
+        self.max_seconds = max_seconds
+        self.dataset = open_split(cfg.data, "train", data_dir, load_masks=False, load_factors=False)
+        self.order = GlobalBatchOrder(len(self.dataset), cfg.training.batch_size, cfg.training.seed)
+        self.runner = StepRunner(cfg, self.accelerator)
+        self.start_step = self._resume() if resume else self._fresh()
+
+    # ---------------------------------------------------------------------------------------- set-up
+
+    def _write_config(self) -> None:
+        atomic_write_text(self.run_dir.config, yaml.safe_dump(config_to_dict(self.cfg), sort_keys=False))
+
+    def _fresh(self) -> int:
+        if self.run_dir.latest_checkpoint() is not None:
+            raise TrainingError(
+                f"run folder {self.run_dir.root} already holds checkpoints; pass --resume to continue it "
+                f"or --out NEW_FOLDER for a new run"
+            )
+        if self.main:
+            self.run_dir.checkpoints.mkdir(parents=True, exist_ok=True)
+            self._write_config()
+            self.run_dir.metrics.unlink(missing_ok=True)
+        self.accelerator.wait_for_everyone()
+        return 0
+
+    def _resume(self) -> int:
+        latest = self.run_dir.latest_checkpoint()
+        if latest is None:
+            raise TrainingError(
+                f"nothing to resume in {self.run_dir.root}: no checkpoints/step_*.pt; start without --resume"
+            )
+        state = load_checkpoint(latest)
+        if state["config"]["model"] != config_to_dict(self.cfg)["model"]:
+            raise TrainingError(
+                f"the model section of the config differs from the one in {latest}; resume with the same "
+                f"model settings (only data, training and eval fields may change)"
+            )
+        self.runner.load_state_dict(state)
+        step = int(state["step"])
+        if self.main:
+            self._write_config()
+            MetricsLog(self.run_dir.metrics).truncate_after(step - 1)
+        return step
+
+    # ---------------------------------------------------------------------------------------- pieces
+
+    def _batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        """This process's batches from `start_step` on, loaded by `training.num_workers` workers."""
+        steps = range(self.start_step, self.cfg.training.iters)
+        runner = self.runner
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=StepBatchSampler(self.order, steps.start, steps.stop, runner.rank, runner.world),
+            collate_fn=collate_batch,
+            num_workers=self.cfg.training.num_workers,
+        )
+        for step, batch in zip(steps, loader, strict=True):
+            if self.record_ranks:
+                with (self.run_dir.root / f"samples_rank{runner.rank}.txt").open("a") as handle:
+                    handle.write(f"{step} " + " ".join(map(str, batch["index"].tolist())) + "\n")
+            yield batch
+
+    def _save(self, done: int) -> Path:
+        path = self.run_dir.checkpoint_path(done)
+        if self.main:
+            save_checkpoint(
+                path, config=config_to_dict(self.cfg), step=done, rng=True, **self.runner.state_dict()
+            )
+            self.run_dir.prune(self.cfg.training.keep_checkpoints)
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def _log_images(self, step: int, images: torch.Tensor, tb: TensorBoardLog) -> None:
+        model = self.runner.model
+        model.eval()
+        with torch.no_grad():
+            tb.image(step, "inference", training_figure(model, images[:4], self.cfg))
+        model.train()
+
+    # ---------------------------------------------------------------------------------------- run
+
+    def run(self) -> TrainResult:
+        t = self.cfg.training
+        metrics = MetricsLog(self.run_dir.metrics)
+        tb = TensorBoardLog(self.run_dir.tensorboard if self.main else None)
+        started = time.perf_counter()
+        scalars: dict[str, float] = {}
+        last = self.run_dir.latest_checkpoint()
+        step = self.start_step - 1
+        self.runner.model.train()
+        try:
+            with TrainingProgress(
+                self.start_step,
+                t.iters,
+                enabled=self.show_progress and self.main,
+                interactive=self.interactive,
+                log_every=t.log_every,
+            ) as progress:
+                for step, batch in zip(range(self.start_step, t.iters), self._batches(), strict=False):
+                    images = batch["imgs"].to(self.runner.device, non_blocking=True)
+                    scalars = self.runner(step, images)
+                    done = step + 1
+                    if self.main and (step % t.log_every == 0 or done == t.iters):
+                        metrics.write(step, {**scalars, "seconds": time.perf_counter() - started})
+                        tb.scalars(step, scalars)
+                    if self.main and step % t.image_every == 0:
+                        self._log_images(step, images, tb)
+                    progress.update(step, scalars["loss"])
+                    if done % t.checkpoint_every == 0 or done == t.iters:
+                        last = self._save(done)
+                    if self._out_of_time(started):
+                        break
+            if last is None or int(last.stem.split("_")[1]) != step + 1:
+                last = self._save(step + 1)
+        except NonFiniteLoss as exc:
+            keep = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+            raise TrainingError(f"{exc}; stopped, {keep}; lower training.lr or check the data") from None
+        finally:
+            tb.close()
+            if self.record_ranks and self.runner.geco is not None:
+                atomic_write_json(
+                    self.run_dir.root / f"geco_rank{self.runner.rank}.json",
+                    {k: float(v) for k, v in self.runner.geco.state_dict().items()},
+                )
+        return TrainResult(
+            run_dir=self.run_dir.root,
+            start_step=self.start_step,
+            steps=step + 1 - self.start_step,
+            last_checkpoint=last,
+            seconds=time.perf_counter() - started,
+            final_scalars=scalars,
+        )
+
+    def _out_of_time(self, started: float) -> bool:
+        """True when a time budget is set and spent (every process agrees, so all stop at the same step)."""
+        if self.max_seconds is None:
+            return False
+        spent = torch.tensor(float(time.perf_counter() - started >= self.max_seconds), device=self.runner.device)
+        if self.runner.world > 1:
+            spent = self.accelerator.reduce(spent, reduction="sum")
+        return bool(spent > 0)
+
+
+def train(cfg: Config, run_dir: Path, **options: Any) -> TrainResult:
+    """Train `cfg` into `run_dir` (see `Trainer` for the options)."""
+    return Trainer(cfg, run_dir, **options).run()

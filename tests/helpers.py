@@ -1,0 +1,20 @@
+"""Configs and helpers shared by several test modules."""
+
+from emorl_cli.config import load_config
+
+# A small EfficientMORL that trains in well under a second per step on a CPU.
+TINY = [
+    "model.z_size=8",
+    "training.batch_size=4",
+    "training.warmup=2",
+    "training.log_every=1",
+    "training.image_every=1000",
+    "training.checkpoint_every=2",
+    "training.keep_checkpoints=10",
+    "geco.warm_start=1",
+    "training.refinement_curriculum=[[-1, 1], [3, 2]]",
+]
+
+
+def tiny_config(*extra: str):
+    return load_config("demo", TINY + list(extra))

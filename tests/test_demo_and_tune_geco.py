@@ -1,0 +1,97 @@
+"""`emorl demo` with a tiny budget, and `emorl tune-geco`'s rule and command."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from emorl_cli import demo as demo_module
+from emorl_cli.config import load_config
+from emorl_cli.data.synth import synthesize
+from emorl_cli.tune_geco import propose_target
+
+SMALL = ["model.z_size=8", "training.batch_size=4", "training.warmup=2", "training.image_every=100000",
+         "geco.warm_start=1", "eval.batch_size=16"]
+
+
+def test_demo_with_a_tiny_budget_ends_in_time_with_every_output(cli, tmp_path, monkeypatch):
+    monkeypatch.setattr(demo_module, "DEMO_TRAIN_IMAGES", 64)
+    monkeypatch.setattr(demo_module, "DEMO_TEST_IMAGES", 16)
+    out = tmp_path / "demo"
+    args = ["demo", "--out", out, "--minutes", "0.4"] + [a for s in SMALL for a in ("--set", s)]
+    result = cli(*args)
+    assert result.exit_code == 0, result.output
+    for label in ("FG-ARI", "MSE", "KL", "checkpoint", "results", "viz", "gif_sheet"):
+        assert label in result.output
+    results = json.loads((out / "eval" / "results.json").read_text())
+    assert results["num_images"] == 16 and 0 <= results["metrics"]["mse"]["mean"] < 1
+    assert (out / "viz" / "index.html").exists() and len(list((out / "viz").glob("image_*.png"))) == 8
+    assert len(list((out / "gifs").glob("slot_*_row_*.gif"))) == 4 * 4
+    assert (out / "data" / "tetrominoes.h5").exists()
+    run = next(out.glob("run-*"))
+    assert list((run / "checkpoints").glob("step_*.pt"))
+
+
+def test_demo_with_a_checkpoint_skips_training(cli, tmp_path, monkeypatch):
+    monkeypatch.setattr(demo_module, "DEMO_TRAIN_IMAGES", 64)
+    monkeypatch.setattr(demo_module, "DEMO_TEST_IMAGES", 16)
+    from pathlib import Path
+
+    golden = Path(__file__).parent / "data" / "golden" / "tetrominoes.pth"
+    result = cli("demo", "--out", tmp_path / "d", "--checkpoint", golden, "--config", "tetrominoes")
+    assert result.exit_code == 0, result.output
+    assert not list((tmp_path / "d").glob("run-*"))
+    assert "FG-ARI" in result.output
+
+
+def test_the_rule_puts_the_target_between_the_initial_and_the_plateau_nll():
+    steps = np.arange(200)
+    # background learned fast (1.0 → 0.2), then a slow decline to 0.1
+    nll = 0.1 + 0.8 * np.exp(-steps / 10) + 0.1 * np.exp(-steps / 150)
+    proposal = propose_target(steps, nll, pixels=3675, pilot_steps=200)
+    assert proposal.plateau < proposal.target < proposal.background < proposal.initial
+    assert proposal.total_target == pytest.approx(proposal.target * 3675, abs=1e-2)
+    assert 5 <= proposal.background_step <= 60
+
+
+def test_a_flat_pilot_is_an_error():
+    from emorl_cli.errors import TrainingError
+
+    with pytest.raises(TrainingError, match="did not go down"):
+        propose_target(np.arange(50), np.linspace(1.0, 1.1, 50), pixels=10, pilot_steps=50)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tg")
+    synthesize("tetrominoes", folder, 64, 8, seed=1)
+    return folder
+
+
+def test_tune_geco_command_writes_a_valid_config_and_is_reproducible(cli, data_dir, tmp_path):
+    common = ["tune-geco", "demo", "--data-dir", data_dir, "--pilot-steps", "30",
+              "--set", "training.lr=2e-3"] + [a for s in SMALL for a in ("--set", s)]
+    first = cli(*common, "--out", tmp_path / "a", "--write-config", tmp_path / "tuned.yaml")
+    assert first.exit_code == 0, first.output
+    proposal = json.loads((tmp_path / "a" / "proposal.json").read_text())
+    assert proposal["plateau"] <= proposal["target"] <= proposal["initial"]
+    assert (tmp_path / "a" / "nll_curve.png").stat().st_size > 1000
+    assert cli("config", "validate", tmp_path / "tuned.yaml").exit_code == 0
+    tuned = yaml.safe_load((tmp_path / "tuned.yaml").read_text())
+    assert tuned["geco"] == {**tuned["geco"], "enabled": True, "target": proposal["target"]}
+    again = cli(*common, "--out", tmp_path / "b")
+    assert again.exit_code == 0
+    assert json.loads((tmp_path / "b" / "proposal.json").read_text()) == proposal
+    # a second call on the same folder resumes the finished pilot instead of training again
+    resumed = cli(*common, "--out", tmp_path / "a")
+    assert resumed.exit_code == 0
+    assert json.loads((tmp_path / "a" / "proposal.json").read_text()) == proposal
+
+
+def test_tune_geco_refuses_slot_attention(cli, data_dir, tmp_path):
+    result = cli("tune-geco", "slot_attention_tetrominoes", "--data-dir", data_dir, "--out", tmp_path / "x")
+    assert result.exit_code == 1 and "EfficientMORL only" in result.output
+    assert load_config("slot_attention_tetrominoes").model.kind == "slot_attention"

@@ -1,0 +1,264 @@
+"""Properties of the models that the golden data cannot show: shapes for every configuration, any batch
+size, no_grad inference, channels-last inputs, slot symmetry, batch independence, the loss weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from emorl_cli.config import ModelConfig
+from emorl_cli.errors import DataError
+from emorl_cli.model import EfficientMORL, Objective, SlotAttention, build_model
+from emorl_cli.model.decoder import SpatialBroadcastDecoder
+
+SMALL = dict(K=3, z_size=8, input_size=(3, 12, 12), log_scale=-1.2, image_decoder="small")
+
+
+def small_model(**overrides) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(ModelConfig(**{**SMALL, **overrides}))
+
+
+def images(b: int = 2, size: int = 12, seed: int = 0) -> torch.Tensor:
+    return torch.rand(b, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+class Recorder:
+    """Noise function that records its draws, or replays them permuted along the slots."""
+
+    def __init__(self, k: int, seed: int = 0, replay=None, perm=None):
+        self.generator = torch.Generator().manual_seed(seed)
+        self.k, self.draws, self.replay, self.perm = k, [], list(replay or []), perm
+
+    def __call__(self, shape):
+        if self.replay:
+            eps = self.replay.pop(0)
+            if self.perm is not None:
+                n, d = eps.shape
+                eps = eps.view(n // self.k, self.k, d)[:, self.perm].reshape(n, d)
+            return eps
+        eps = torch.randn(tuple(shape), generator=self.generator)
+        self.draws.append(eps)
+        return eps
+
+
+def fixed_noise(seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    return lambda shape: torch.randn(tuple(shape), generator=generator)
+
+
+# ---------------------------------------------------------------------------------------- shapes
+
+
+@pytest.mark.parametrize(
+    "overrides,iters",
+    [
+        ({}, 2),
+        ({"stochastic_layers": 0}, 2),
+        ({"stochastic_layers": 1}, 0),
+        ({"image_likelihood": "gmm", "use_dual_gru": False}, 1),
+        ({"bottom_up_prior": True, "reverse_prior_plusplus": False}, 1),
+        ({"image_decoder": "iodine"}, 1),
+    ],
+)
+def test_emorl_output_shapes_and_trace(overrides, iters):
+    model = small_model(**overrides)
+    cfg = model.cfg
+    k, d = cfg.K, cfg.z_size
+    for b in (1, 3):
+        out = model(images(b), Objective.elbo(), refinement_iters=iters, record=True)
+        assert out.loss.shape == () and torch.isfinite(out.loss)
+        assert out.nll.shape == out.kl.shape == out.mse.shape == out.loss_per_image.shape == (b,)
+        assert out.means.shape == (b, k, 3, 12, 12) and out.masks.shape == (b, k, 1, 12, 12)
+        assert torch.allclose(out.masks.sum(1), torch.ones(b, 1, 12, 12), atol=1e-5)
+        assert out.reconstruction.shape == (b, 3, 12, 12)
+        assert out.posterior_loc.shape == out.posterior_scale.shape == out.samples.shape == (b, k, d)
+        assert out.deltas.shape == (iters,)
+        layers = cfg.stochastic_layers
+        assert len(out.trace) == max(layers, 1) + iters
+        assert [r.kind for r in out.trace[max(layers, 1) :]] == ["refinement"] * iters
+        for record in out.trace:
+            assert record.means.shape == (b, k, 3, 12, 12) and record.masks.shape == (b, k, 1, 12, 12)
+            has_attention = record.kind == "layer"
+            assert (record.attention is not None) == has_attention
+            if has_attention:
+                assert record.attention.shape == (b, k, 1, 12, 12)
+        assert torch.equal(out.trace[-1].means, out.means.detach())
+        out.loss.backward()
+
+
+def test_big_decoder_shape():
+    model = small_model(input_size=(3, 96, 96), image_decoder="big", K=2)
+    with torch.no_grad():
+        out = model(images(1, 96), refinement_iters=1)
+    assert out.means.shape == (1, 2, 3, 96, 96)
+
+
+def test_slot_attention_outputs():
+    model = small_model(kind="slot_attention")
+    assert isinstance(model, SlotAttention)
+    x = images(3)
+    out = model(x, record=True)
+    assert out.nll is None and out.kl is None and out.posterior_scale is None
+    assert out.posterior_loc.shape == (3, 3, 8) and len(out.trace) == 3
+    assert all(r.attention.shape == (3, 3, 1, 12, 12) for r in out.trace)
+    expected = (((x + 1) / 2 - out.reconstruction) ** 2).sum((1, 2, 3)).mean()
+    assert torch.allclose(out.loss, expected)
+    out.loss.backward()
+
+
+def test_decode_any_number_of_latents():
+    model = small_model()
+    rgb, logits = model.decode(torch.randn(5, 8))
+    assert rgb.shape == (5, 3, 12, 12) and logits.shape == (5, 12, 12)
+    assert rgb.min() >= 0 and rgb.max() <= 1
+
+
+def test_wrong_image_size_is_a_data_error():
+    with pytest.raises(DataError, match=r"model.input_size"):
+        small_model()(images(2, 16))
+
+
+@pytest.mark.parametrize("kind,size", [("small", 12), ("iodine", 12)])
+def test_broadcast_first_conv_matches_tiling(kind, size):
+    torch.manual_seed(1)
+    decoder = SpatialBroadcastDecoder(kind, 6, size, size)
+    for p in decoder.parameters():
+        torch.nn.init.normal_(p, 0, 0.05)
+    z = torch.randn(4, 6, requires_grad=True)
+    fast = decoder(z)
+    grads_fast = torch.autograd.grad(fast[0].sum() + fast[1].pow(2).sum(), [z, *decoder.parameters()])
+    decoder.use_broadcast_conv = False
+    slow = decoder(z)
+    grads_slow = torch.autograd.grad(slow[0].sum() + slow[1].pow(2).sum(), [z, *decoder.parameters()])
+    for a, b in zip(fast + grads_fast, slow + grads_slow, strict=True):
+        assert (a - b).abs().max() <= 1e-4 * b.abs().max()
+
+
+# ---------------------------------------------------------------------------------------- semantics
+
+
+def test_loss_weights_at_zero_refinement_steps():
+    """I = 0: the only stage has weight (0+3−0)/(0+1) = 3."""
+    model = small_model()
+    out = model(images(2), Objective.elbo(kl_beta=0.5), refinement_iters=0)
+    assert torch.allclose(out.loss_per_image, 3 * (out.nll + 0.5 * out.kl))
+    assert torch.allclose(out.loss, out.loss_per_image.mean())
+
+
+def test_geco_objective_value_and_gradient():
+    nll = torch.tensor([10.0, 20.0], requires_grad=True)
+    kl = torch.tensor([1.0, 3.0], requires_grad=True)
+    objective = Objective.geco(1.3, c_ema=-7.0, kl_beta=0.5)
+    weight = torch.nn.functional.softplus(torch.tensor(1.3)).item()
+    per_image = objective.per_image(nll, kl)
+    assert torch.allclose(per_image, 0.5 * kl - weight * -7.0)
+    per_image.mean().backward()
+    assert torch.allclose(nll.grad, torch.full((2,), weight / 2))
+    assert torch.allclose(kl.grad, torch.full((2,), 0.25))
+
+
+def test_training_step_rule():
+    class State:
+        warm_start, beta, C_ema = 10, torch.tensor(2.0), torch.tensor(5.0)
+
+    assert Objective.for_training_step(9, State()).kind == "elbo"
+    assert Objective.for_training_step(10, State()).kind == "geco"
+    assert Objective.for_training_step(10, State(), kl_beta=0).kind == "elbo"
+    assert Objective.for_training_step(10, None).kind == "elbo"
+    geco = Objective.for_training_step(11, State(), kl_beta=2.0)
+    assert (geco.geco_beta, geco.geco_c_ema, geco.kl_beta) == (2.0, 5.0, 2.0)
+
+
+def test_no_grad_inference_matches_grad_mode_and_is_detached():
+    model = small_model().eval()
+    x = images(2)
+    with torch.no_grad():
+        inferred = model(x, refinement_iters=2, noise=fixed_noise(3), record=True)
+    trained = model(x, refinement_iters=2, noise=fixed_noise(3))
+    assert not inferred.loss.requires_grad and not inferred.means.requires_grad
+    assert all(not r.means.requires_grad for r in inferred.trace)
+    for name in ("loss", "nll", "kl", "means", "masks", "posterior_loc", "deltas"):
+        assert torch.allclose(getattr(inferred, name), getattr(trained, name).detach(), rtol=1e-5, atol=1e-5), name
+
+
+def test_frozen_parameters_still_refine():
+    model = small_model()
+    model.requires_grad_(False)
+    out = model(images(1), refinement_iters=2)
+    assert out.deltas.shape == (2,) and torch.all(out.deltas > 0)
+
+
+def test_images_are_independent_of_the_batch():
+    """With the per-image refinement gradient an image's results do not depend on its batch mates."""
+    model = small_model()
+    x = images(3)
+    k, d = model.K, model.z_size
+    alone_noise, batch_noise = Recorder(k, seed=5), None
+    with torch.no_grad():
+        alone = model(x[:1], refinement_iters=2, noise=alone_noise)
+        # the same noise for image 0, fresh noise for the others
+        draws = [torch.cat([eps, torch.randn(2 * k, d)]) for eps in alone_noise.draws]
+        batch_noise = Recorder(k, replay=draws)
+        together = model(x, refinement_iters=2, noise=batch_noise)
+    for name in ("nll", "kl", "loss_per_image", "means", "posterior_loc"):
+        assert torch.allclose(getattr(together, name)[:1], getattr(alone, name), rtol=1e-4, atol=1e-4), name
+
+
+@pytest.mark.parametrize("kind", ["emorl", "slot_attention"])
+def test_slot_permutation_permutes_outputs(kind):
+    model = small_model(kind=kind)
+    x = images(2)
+    perm = torch.tensor([2, 0, 1])
+    first = Recorder(model.K, seed=7)
+    with torch.no_grad():
+        base = model(x, refinement_iters=2, noise=first)
+        permuted = model(x, refinement_iters=2, noise=Recorder(model.K, replay=first.draws, perm=perm))
+    for name in ("means", "masks", "posterior_loc", "samples"):
+        assert torch.allclose(getattr(permuted, name), getattr(base, name)[:, perm], rtol=1e-4, atol=1e-5), name
+    for name in ("loss_per_image", "mse") + (("nll", "kl") if kind == "emorl" else ()):
+        assert torch.allclose(getattr(permuted, name), getattr(base, name), rtol=1e-4, atol=1e-4), name
+
+
+@pytest.mark.parametrize("kind", ["emorl", "slot_attention"])
+def test_channels_last_input_gives_same_result_and_trains(kind):
+    model = small_model(kind=kind)
+    x = images(2)
+    plain = model(x, refinement_iters=1, noise=fixed_noise(1))
+    last = model(x.contiguous(memory_format=torch.channels_last), refinement_iters=1, noise=fixed_noise(1))
+    assert torch.allclose(plain.loss, last.loss, rtol=1e-5)
+    assert torch.allclose(plain.means, last.means, atol=1e-5)
+    last.loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_every_parameter_gets_a_gradient():
+    model = small_model()
+    model(images(2), refinement_iters=2).loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert missing == []
+
+
+def test_build_model_kinds():
+    assert isinstance(small_model(), EfficientMORL)
+    assert isinstance(small_model(kind="slot_attention"), SlotAttention)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"image_likelihood": "gmm", "stochastic_layers": 0}])
+def test_decoder_gradient_reuse_gives_the_same_loss_and_gradients(overrides):
+    model = small_model(**overrides)
+    x = images(3)
+    objective = Objective.geco(1.0, c_ema=5.0, kl_beta=0.7)
+    results = []
+    for reuse in (True, False):
+        model.reuse_decoder_gradients = reuse
+        model.zero_grad()
+        out = model(x, objective, refinement_iters=3, noise=fixed_noise(1))
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((out, grads))
+    (fast, fast_grads), (plain, plain_grads) = results
+    assert torch.allclose(fast.loss, plain.loss) and torch.allclose(fast.nll, plain.nll)
+    assert fast_grads.keys() == plain_grads.keys()
+    for name, grad in plain_grads.items():
+        assert (fast_grads[name] - grad).abs().max() <= 1e-4 * grad.abs().max() + 1e-8, name
