@@ -262,3 +262,11 @@ def test_decoder_gradient_reuse_gives_the_same_loss_and_gradients(overrides):
     assert fast_grads.keys() == plain_grads.keys()
     for name, grad in plain_grads.items():
         assert (fast_grads[name] - grad).abs().max() <= 1e-4 * grad.abs().max() + 1e-8, name
+
+
+def test_refinement_gradient_scales():
+    per_image = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert Objective.elbo().refinement_target(per_image) == 10.0
+    assert Objective.elbo(refinement_grad="batch_mean").refinement_target(per_image) == 2.5
+    global_mean = Objective.for_training_step(0, None, refinement_grad="batch_mean", global_batch_size=8)
+    assert global_mean.refinement_target(per_image) == 1.25

@@ -82,9 +82,10 @@ def ari(
     if accelerator is not None and not accelerator.is_main_process:
         return
     n_samples = samples or cfg.eval.samples
+    iters = loaded.refinement_iters(refinement_iters)
     table = Table(
-        title=f"{checkpoint.name} on {dataset.path.name}/{split}: {len(report.per_image)} images, "
-        f"I={loaded.refinement_iters(refinement_iters)}",
+        title=f"{checkpoint.name} on {dataset.path.name}/{split}: {len(report.per_image)} images"
+        + (f", I={iters}" if iters is not None else ""),
         caption="mean ± std over images"
         + (f"; each image inferred {n_samples}× (stochastic), sample std = mean per-image std" if n_samples > 1 else
            "; inference is stochastic: use --samples S to average S passes"),
@@ -114,6 +115,8 @@ def dci(
     batch_size: BatchSizeOpt = None,
     refinement_iters: IterOpt = None,
     estimators: Annotated[int, typer.Option("--estimators", help="Trees per gradient-boosted model.")] = 100,
+    min_iou: Annotated[float, typer.Option("--min-iou", help="Drop slot-object matches below this IoU.")] = 0.1,
+    min_pixels: Annotated[int, typer.Option("--min-pixels", help="Skip objects smaller than this.")] = 50,
     seed: SeedOpt = None,
     out: OutOpt = None,
 ) -> None:
@@ -134,6 +137,8 @@ def dci(
             refinement_iters=refinement_iters,
             seed=cfg.training.seed if seed is None else seed,
             estimators=estimators,
+            min_iou=min_iou,
+            min_pixels=min_pixels,
             out_dir=_out_dir(out, checkpoint, "dci"),
             progress=advance,
         )

@@ -38,6 +38,8 @@ def run_dci_eval(
     seed: int,
     estimators: int,
     out_dir: Path,
+    min_iou: float = 0.1,
+    min_pixels: int = 50,
     progress: Optional[Callable[[int], None]] = None,
 ) -> tuple[dict[str, Any], Path]:
     """Codes of matched slots → one gradient-boosted model per factor → DCI scores, saved as dci.json."""
@@ -49,11 +51,14 @@ def run_dci_eval(
         batches_of(dataset, list(range(num_images)), batch_size),
         dataset=loaded.cfg.data.dataset,
         refinement_iters=iters,
+        min_pixels=min_pixels,
+        min_iou=min_iou,
         progress=progress,
     )
     scores = evaluate_dci(codes, seed=seed, n_estimators=estimators)
     path = Path(out_dir) / "dci.json"
-    atomic_write_json(path, {**scores, **_provenance(loaded, dataset, iters, seed), "estimators": estimators})
+    atomic_write_json(path, {**scores, **_provenance(loaded, dataset, iters, seed), "estimators": estimators,
+                          "min_iou": min_iou, "min_pixels": min_pixels})
     return scores, path
 
 

@@ -24,8 +24,8 @@ from emorl_cli.model.decoder import SpatialBroadcastDecoder
 from emorl_cli.model.distributions import DiagonalGaussian, NoiseFn
 from emorl_cli.model.dual_gru import DualGRU
 from emorl_cli.model.encoder import FEATURES, conv_stack, encode_image, token_mlp
-from emorl_cli.model.init import xavier_init
 from emorl_cli.model.prior import IndependentPrior
+from emorl_cli.model.weight_init import xavier_init
 
 
 @dataclass

@@ -20,8 +20,10 @@ never sees the step. For evaluation the original passes step = warm_start + 1, i
 `refinement_grad` says which gradient feeds the refinement network:
 - "per_image" (default): ∇λ of Σ_b ℓ_b — each image's refinement depends on that image alone, whatever
   the batch; equal to the original at batch size 1 (how its eval.py runs).
-- "batch_mean": ∇λ of mean_b ℓ_b — exactly the original's training (the gradient is 1/B smaller; after the
+- "batch_mean": ∇λ of Σ_b ℓ_b / B — exactly the original's training (the gradient is 1/B smaller; after the
   layer norm this differs only through the norm's ε = 1e-5, so results depend weakly on the batch size).
+  B is `global_batch_size` when given (data parallelism: the whole batch across processes, so N processes
+  compute what one process with the whole batch would), else this call's batch.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class Objective:
     geco_beta: float = GECO_BETA_INIT  # raw β; the NLL weight is softplus(β)
     geco_c_ema: float = 0.0  # EMA of the constraint C − NLL, enters the loss value only
     refinement_grad: Literal["per_image", "batch_mean"] = "per_image"
+    global_batch_size: Optional[int] = None  # B of "batch_mean" (None: the batch of the call)
 
     def __post_init__(self) -> None:
         if self.kind not in ("elbo", "geco"):
@@ -61,11 +64,20 @@ class Objective:
             raise ValueError(f"refinement_grad must be 'per_image' or 'batch_mean', got {self.refinement_grad!r}")
         if not math.isfinite(self.kl_beta) or self.kl_beta < 0:
             raise ValueError(f"kl_beta must be finite and ≥ 0, got {self.kl_beta}")
+        if self.global_batch_size is not None and self.global_batch_size <= 0:
+            raise ValueError(f"global_batch_size must be positive, got {self.global_batch_size}")
 
     @classmethod
-    def elbo(cls, kl_beta: float = 1.0, *, refinement_grad: str = "per_image") -> Objective:
+    def elbo(
+        cls, kl_beta: float = 1.0, *, refinement_grad: str = "per_image", global_batch_size: Optional[int] = None
+    ) -> Objective:
         """NLL + kl_beta·KL."""
-        return cls("elbo", float(kl_beta), refinement_grad=refinement_grad)  # type: ignore[arg-type]
+        return cls(
+            "elbo",
+            float(kl_beta),
+            refinement_grad=refinement_grad,  # type: ignore[arg-type]
+            global_batch_size=global_batch_size,
+        )
 
     @classmethod
     def geco(
@@ -75,6 +87,7 @@ class Objective:
         *,
         kl_beta: float = 1.0,
         refinement_grad: str = "per_image",
+        global_batch_size: Optional[int] = None,
     ) -> Objective:
         """kl_beta·KL + softplus(β)·NLL (value: kl_beta·KL − softplus(β)·C_ema).
 
@@ -95,16 +108,24 @@ class Objective:
             _as_float(beta),
             _as_float(ema),
             refinement_grad,  # type: ignore[arg-type]
+            global_batch_size,
         )
 
     @classmethod
     def for_training_step(
-        cls, step: int, geco: Any = None, kl_beta: float = 1.0, *, refinement_grad: str = "per_image"
+        cls,
+        step: int,
+        geco: Any = None,
+        kl_beta: float = 1.0,
+        *,
+        refinement_grad: str = "per_image",
+        global_batch_size: Optional[int] = None,
     ) -> Objective:
         """The original's rule: GECO iff a GECO object is given, kl_beta != 0 and step ≥ geco.warm_start."""
+        grad = {"refinement_grad": refinement_grad, "global_batch_size": global_batch_size}
         if geco is None or kl_beta == 0 or step < geco.warm_start:
-            return cls.elbo(kl_beta, refinement_grad=refinement_grad)
-        return cls.geco(geco, kl_beta=kl_beta, refinement_grad=refinement_grad)
+            return cls.elbo(kl_beta, **grad)
+        return cls.geco(geco, kl_beta=kl_beta, **grad)
 
     @property
     def nll_weight(self) -> float:
@@ -120,4 +141,6 @@ class Objective:
 
     def refinement_target(self, per_image: torch.Tensor) -> torch.Tensor:
         """The scalar whose gradient w.r.t. λ the refinement network sees."""
-        return per_image.sum() if self.refinement_grad == "per_image" else per_image.mean()
+        if self.refinement_grad == "per_image":
+            return per_image.sum()
+        return per_image.sum() / (self.global_batch_size or per_image.shape[0])

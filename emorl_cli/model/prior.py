@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from emorl_cli.model.distributions import DiagonalGaussian
-from emorl_cli.model.init import xavier_init
+from emorl_cli.model.weight_init import xavier_init
 
 HIDDEN = 128
 

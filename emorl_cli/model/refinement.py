@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emorl_cli.model.init import xavier_init
+from emorl_cli.model.weight_init import xavier_init
 
 HIDDEN = 128
 LN_EPS = 1e-5

@@ -19,9 +19,9 @@ from emorl_cli.model.decoder import SpatialBroadcastDecoder
 from emorl_cli.model.distributions import DiagonalGaussian, NoiseFn
 from emorl_cli.model.emorl import check_images, detach_output
 from emorl_cli.model.encoder import FEATURES, conv_stack, encode_image, token_mlp
-from emorl_cli.model.init import xavier_init
 from emorl_cli.model.objective import Objective
 from emorl_cli.model.output import ModelOutput, StageRecord
+from emorl_cli.model.weight_init import xavier_init
 
 ATTENTION_ITERS = 3
 MLP_HIDDEN = 128
