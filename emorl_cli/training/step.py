@@ -86,7 +86,11 @@ class StepRunner:
         if self.cfg.model.kind != "emorl":
             return None
         return Objective.for_training_step(
-            step, self.geco, self.cfg.training.kl_beta, refinement_grad="batch_mean"
+            step,
+            self.geco,
+            self.cfg.training.kl_beta,
+            refinement_grad="batch_mean",
+            global_batch_size=self.cfg.training.batch_size,
         )
 
     def __call__(self, step: int, images: torch.Tensor) -> dict[str, float]:
