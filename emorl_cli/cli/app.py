@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Annotated, Optional
 
 import click
@@ -14,6 +13,9 @@ from emorl_cli.cli.console import debug_enabled, err_console
 from emorl_cli.errors import EmorlError
 
 
+DEBUG_KEY = "emorl.debug"
+
+
 class EmorlGroup(TyperGroup):
     """Turns every `EmorlError` raised below into one red line and exit code 1."""
 
@@ -21,7 +23,7 @@ class EmorlGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except EmorlError as exc:
-            if debug_enabled():
+            if debug_enabled() or ctx.meta.get(DEBUG_KEY):
                 raise
             err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
@@ -44,13 +46,13 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: Annotated[
         Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks (same as EMORL_DEBUG=1).")] = False,
 ) -> None:
-    if debug:
-        os.environ["EMORL_DEBUG"] = "1"
+    ctx.meta[DEBUG_KEY] = debug
 
 
 def not_available(name: str, issue: str) -> None:
