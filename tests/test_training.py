@@ -173,3 +173,16 @@ def test_slot_attention_trains_with_its_own_loss(synth_dir, tmp_path):
     result = train(cfg, tmp_path / "sa", data_dir=synth_dir, show_progress=False)
     assert result.final_scalars["loss"] > 0 and "geco_beta" not in result.final_scalars
     assert load_checkpoint(result.last_checkpoint)["geco"] is None
+
+
+def test_bf16_mixed_precision_keeps_the_fragile_sums_in_float32(synth_dir, tmp_path):
+    from emorl_cli.model import Objective, build_model
+
+    cfg = tiny_config("training.iters=2", "training.mixed_precision=bf16")
+    model = build_model(cfg.model)
+    images = torch.rand(2, 3, 35, 35) * 2 - 1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(images, Objective.elbo(), refinement_iters=1)
+    assert out.nll.dtype == out.kl.dtype == out.mask_logprobs.dtype == torch.float32
+    result = train(cfg, tmp_path / "bf16", data_dir=synth_dir, show_progress=False)
+    assert np.isfinite(result.final_scalars["loss"])

@@ -71,6 +71,8 @@ def gaussian_kl(q: DiagonalGaussian, p: DiagonalGaussian) -> torch.Tensor:
     Same formula as torch.distributions (Normal ‖ Normal):
     ½·(r + ((μq − μp)/σp)² − 1 − log r) with r = (σq/σp)².
     """
-    var_ratio = (q.std / p.std).pow(2)  # [N, D]
-    mean_term = ((q.loc - p.loc) / p.std).pow(2)  # [N, D]
+    # in float32 even under mixed precision (a no-op in fp32)
+    q_loc, q_std, p_loc, p_std = (t.float() for t in (q.loc, q.std, p.loc, p.std))
+    var_ratio = (q_std / p_std).pow(2)  # [N, D]
+    mean_term = ((q_loc - p_loc) / p_std).pow(2)  # [N, D]
     return (0.5 * (var_ratio + mean_term - 1.0 - var_ratio.log())).sum(-1)  # [N]

@@ -74,8 +74,9 @@ class EfficientMORL(nn.Module):
         """z [B·K, D] → means [B, K, C, H, W], mask log-probabilities [B, K, 1, H, W]."""
         c, h, w = self.cfg.input_size
         rgb, logits = self.decode(z)
-        means = rgb.view(batch, self.K, c, h, w)
-        mask_logprobs = torch.log_softmax(logits.view(batch, self.K, 1, h, w), dim=1)
+        means = rgb.float().view(batch, self.K, c, h, w)  # the likelihood is summed in float32
+        with torch.autocast(z.device.type, enabled=False):  # mask log-softmax in float32 under mixed precision
+            mask_logprobs = torch.log_softmax(logits.float().view(batch, self.K, 1, h, w), dim=1)
         return means, mask_logprobs
 
     def _reconstruct(
