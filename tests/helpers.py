@@ -5,7 +5,7 @@ from emorl_cli.config import load_config
 # A small EfficientMORL that trains in well under a second per step on a CPU.
 TINY = [
     "model.z_size=8",
-    "training.batch_size=4",
+    "training.batch_size=2",
     "training.warmup=2",
     "training.log_every=1",
     "training.image_every=1000",

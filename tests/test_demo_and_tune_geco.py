@@ -13,7 +13,7 @@ from emorl_cli.config import load_config
 from emorl_cli.data.synth import synthesize
 from emorl_cli.tune_geco import propose_target
 
-SMALL = ["model.z_size=8", "training.batch_size=4", "training.warmup=2", "training.image_every=100000",
+SMALL = ["model.z_size=8", "training.batch_size=2", "training.warmup=2", "training.image_every=100000",
          "geco.warm_start=1", "eval.batch_size=16"]
 
 
@@ -72,7 +72,7 @@ def data_dir(tmp_path_factory):
 
 
 def test_tune_geco_command_writes_a_valid_config_and_is_reproducible(cli, data_dir, tmp_path):
-    common = ["tune-geco", "demo", "--data-dir", data_dir, "--pilot-steps", "30",
+    common = ["tune-geco", "demo", "--data-dir", data_dir, "--pilot-steps", "16",
               "--set", "training.lr=2e-3"] + [a for s in SMALL for a in ("--set", s)]
     first = cli(*common, "--out", tmp_path / "a", "--write-config", tmp_path / "tuned.yaml")
     assert first.exit_code == 0, first.output

@@ -68,7 +68,7 @@ def test_processes_read_disjoint_samples_covering_the_global_batch(runs):
     single = _samples(root / "one" / "samples_rank0.txt")
     assert sorted(rank0) == sorted(rank1) == list(range(STEPS))
     for step in range(STEPS):
-        assert len(rank0[step]) == len(rank1[step]) == 2
+        assert len(rank0[step]) == len(rank1[step]) == 1
         assert set(rank0[step]).isdisjoint(rank1[step])
         assert rank0[step] + rank1[step] == single[step]
 
