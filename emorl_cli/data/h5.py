@@ -12,9 +12,7 @@ Every problem becomes a `DataError` that names the file and says how to get a go
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,6 +24,7 @@ import numpy as np
 
 from emorl_cli.data.registry import dataset_for_file
 from emorl_cli.errors import DataError
+from emorl_cli.files import atomic_path
 
 # How many samples `check_mask_values` and `describe_file` read when they cannot afford the whole file.
 SAMPLE_CHECK = 256
@@ -296,15 +295,6 @@ def atomic_h5(path: Path) -> Iterator[h5py.File]:
 
     On any error the temporary file is removed and `path` is left as it was.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as handle:
             yield handle
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
