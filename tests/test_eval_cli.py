@@ -52,7 +52,9 @@ def test_eval_ari_with_100_samples_reproduces_the_original(cli, tmp_path, name):
 
 
 def test_eval_ari_of_an_original_checkpoint_needs_a_config(cli, tmp_path):
-    result = cli("eval", "ari", "--checkpoint", GOLDEN / "tetrominoes.pth", "--data", FIXTURES / "tetrominoes_real10_test.h5")
+    result = cli(
+        "eval", "ari", "--checkpoint", GOLDEN / "tetrominoes.pth", "--data", FIXTURES / "tetrominoes_real10_test.h5"
+    )
     assert result.exit_code == 1
     assert "--config" in result.output and "Traceback" not in result.output
 

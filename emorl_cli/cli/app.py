@@ -12,7 +12,6 @@ from emorl_cli import __version__
 from emorl_cli.cli.console import debug_enabled, err_console
 from emorl_cli.errors import EmorlError
 
-
 DEBUG_KEY = "emorl.debug"
 
 
