@@ -80,3 +80,18 @@ def test_geco_state_is_identical_on_both_ranks_and_equals_one_process(runs):
     assert states[0] == states[1]
     assert states[0] == pytest.approx(single, rel=1e-5)
     assert states[0]["C_ema"] != 0.0  # the warm start happened and the EMA moved
+
+
+@pytest.mark.parametrize("entry", ["module", "console_script"])
+def test_accelerate_launch_runs_train(tmp_path, runs, entry):
+    root, _ = runs
+    target = ["-m", "emorl_cli"] if entry == "module" else [str(Path(sys.executable).parent / "emorl")]
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+        str(free_port()), *target, "train", "demo", "--data-dir", str(root / "data"), "--out", str(tmp_path / "r"),
+    ] + [a for s in TINY + ["training.iters=1"] for a in ("--set", s)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (tmp_path / "r" / "checkpoints" / "step_0000001.pt").exists()

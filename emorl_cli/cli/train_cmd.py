@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -68,6 +69,8 @@ def train(
         interactive=is_interactive(),
         record_ranks=record_ranks,
     )
+    if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch / torchrun only rank 0 reports
+        return
     if result.steps == 0:
         console.print(f"nothing to do: {run_dir} is already at step {result.start_step} of {cfg.training.iters}")
     final = result.final_scalars
