@@ -11,6 +11,7 @@ TINY = [
     "training.image_every=1000",
     "training.checkpoint_every=2",
     "training.keep_checkpoints=10",
+    "geco.enabled=true",
     "geco.warm_start=1",
     "training.refinement_curriculum=[[-1, 1], [3, 2]]",
 ]
