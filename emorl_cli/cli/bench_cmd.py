@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from emorl_cli.cli.console import console
+from emorl_cli.cli.console import print_table
 from emorl_cli.cli.options import BatchSizeOpt, SetOpt
 from emorl_cli.config import load_config, resolve_config_path
 
@@ -62,6 +62,6 @@ def _table(result) -> None:
     table.add_row("mixed precision", result.mixed_precision)
     table.add_row("device", result.device)
     table.add_row("versions", ", ".join(f"{k} {v}" for k, v in result.versions.items()))
-    console.print(table)
+    print_table(table)
 
 

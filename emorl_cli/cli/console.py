@@ -6,6 +6,7 @@ import os
 import sys
 
 from rich.console import Console
+from rich.table import Table
 
 console = Console()
 err_console = Console(stderr=True)
@@ -19,3 +20,15 @@ def debug_enabled() -> bool:
 def is_interactive() -> bool:
     """True on a terminal, where progress bars are drawn; plain log lines otherwise."""
     return sys.stderr.isatty()
+
+
+# Width for tables when the output is not a terminal (a pipe, a file): wide enough never to cut names.
+PIPE_WIDTH = 200
+
+
+def print_table(table: Table) -> None:
+    """Print a table; in a pipe or file at PIPE_WIDTH columns, where rich would otherwise cut at 80."""
+    if console.is_terminal:
+        console.print(table)
+    else:
+        Console(file=console.file, width=PIPE_WIDTH, color_system=None).print(table)

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -20,23 +19,12 @@ from rich.progress import (
 from rich.progress import Progress as RichBar
 from rich.table import Table
 
-from emorl_cli.cli.console import console, err_console, is_interactive
+from emorl_cli.cli.console import console, err_console, is_interactive, print_table
 from emorl_cli.data.progress import human_bytes
 from emorl_cli.data.registry import ZENODO_BASE_URL, ZENODO_RECORD_ID
 from emorl_cli.errors import DataError
 
 app = typer.Typer(no_args_is_help=True)
-# Width for tables when the output is not a terminal (a pipe, a file): wide enough never to cut names.
-PIPE_WIDTH = 200
-
-
-def _print_table(table: Table) -> None:
-    if console.is_terminal:
-        console.print(table)
-    else:  # a pipe or file: rich would cut long names at 80 columns
-        Console(file=console.file, width=PIPE_WIDTH, color_system=None).print(table)
-
-
 class RichProgress:
     """`emorl_cli.data.progress.Progress` drawn with rich on a terminal; plain notes otherwise."""
 
@@ -197,7 +185,7 @@ def info(
         values = ", ".join(f"{v:g}" for v in ds.unique) if ds.unique is not None else ""
         total = ds.shape[0] if ds.shape else 1
         table.add_row(ds.name, str(list(ds.shape)), ds.dtype, _range(ds.min, ds.max, ds.rows_read, total), values)
-    _print_table(table)
+    print_table(table)
     for split, layout in summary.splits.items():
         h, w = layout.image_hw
         entities = f"{layout.mask_entities} mask entities" if layout.mask_entities else "no masks"
@@ -227,7 +215,7 @@ def verify(
     for c in checks:
         status = "[green]ok[/]" if c.ok else f"[red]{c.describe().split(': ', 1)[1]}[/]"
         table.add_row(c.name, human_bytes(c.expected_size), status)
-    _print_table(table)
+    print_table(table)
     bad = [c for c in checks if not c.ok]
     if bad:
         raise DataError(

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from emorl_cli.cli.console import console, err_console, is_interactive
+from emorl_cli.cli.console import console, err_console, is_interactive, print_table
 from emorl_cli.cli.options import ConfigArg, ConfigOpt, DataDirOpt, SetOpt
 from emorl_cli.config import load_config, resolve_config_path
 
@@ -42,7 +42,7 @@ def tune_geco(
     table.add_row("plateau (end of pilot)", f"{proposal.plateau:.4f}")
     table.add_row("[bold]proposed geco.target[/]", f"[bold]{proposal.target:.4f}[/]")
     table.add_row("same, whole image (the original's unit)", f"{proposal.total_target:.1f}")
-    console.print(table)
+    print_table(table)
     for name, path in paths.items():
         console.print(f"{name}: {path}", highlight=False)
 
@@ -77,6 +77,6 @@ def demo(
     table.add_column("value")
     for label, value in summary_rows(result):
         table.add_row(label, str(value))
-    console.print(table)
+    print_table(table)
 
 

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from emorl_cli.cli.console import console
+from emorl_cli.cli.console import console, print_table
 from emorl_cli.cli.options import BatchSizeOpt, CheckpointOpt, ConfigOpt, DataDirOpt, OutOpt, SeedOpt, SetOpt
 from emorl_cli.cli.progress import image_progress
 
@@ -79,8 +79,12 @@ def ari(
             accelerator=accelerator,
             progress=lambda n: advance(n * (samples or cfg.eval.samples)),
         )
-    if accelerator is not None and not accelerator.is_main_process:
-        return
+    if accelerator is not None:  # every process reaches this point before any leaves the process group
+        accelerator.wait_for_everyone()
+        is_main = accelerator.is_main_process
+        accelerator.end_training()
+        if not is_main:
+            return
     n_samples = samples or cfg.eval.samples
     iters = loaded.refinement_iters(refinement_iters)
     table = Table(
@@ -99,7 +103,7 @@ def ari(
         if n_samples > 1:
             row.append(f"{stats['sample_std']:.3g}")
         table.add_row(*row)
-    console.print(table)
+    print_table(table)
     console.print(f"results: {report.results_path}\nper image: {report.per_image_path}", highlight=False)
 
 
@@ -147,7 +151,7 @@ def dci(
     table.add_column("value", justify="right")
     for key in ("disentanglement", "completeness", "informativeness_train", "informativeness_test"):
         table.add_row(key.replace("_", " "), f"{scores[key]:.3f}")
-    console.print(table)
+    print_table(table)
     console.print(f"results: {path}", highlight=False)
 
 

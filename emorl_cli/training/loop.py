@@ -181,6 +181,8 @@ class Trainer:
             raise TrainingError(f"{exc}; stopped, {keep}; lower training.lr or check the data") from None
         finally:
             tb.close()
+            if self.runner.world > 1:
+                self.accelerator.end_training()
             if self.record_ranks and self.runner.geco is not None:
                 atomic_write_json(
                     self.run_dir.root / f"geco_rank{self.runner.rank}.json",
