@@ -45,3 +45,16 @@ def test_python_dash_m_runs_the_same_cli():
     out = subprocess.run([sys.executable, "-m", "emorl_cli", "--version"], capture_output=True, text=True)
     assert out.returncode == 0
     assert out.stdout.strip() == f"emorl {__version__}"
+
+
+def test_threads_option_sets_torch_threads(cli):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        result = cli("--threads", "1", "config", "validate", "demo")
+        assert result.exit_code == 0
+        assert torch.get_num_threads() == 1
+        assert cli("--threads", "0", "config", "validate", "demo").exit_code == 2
+    finally:
+        torch.set_num_threads(before)

@@ -50,8 +50,21 @@ def _root(
         Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks (same as EMORL_DEBUG=1).")] = False,
+    threads: Annotated[
+        Optional[int],
+        typer.Option(
+            "--threads",
+            min=1,
+            help="CPU threads for torch (default: one per core). On a machine shared with other jobs, 1 can be "
+            "several times faster.",
+        ),
+    ] = None,
 ) -> None:
     ctx.meta[DEBUG_KEY] = debug
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def not_available(name: str, issue: str) -> None:

@@ -36,12 +36,13 @@ class LoadedModel:
     checkpoint: Path
 
     def objective(self) -> Optional[Objective]:
-        """The original evaluation's objective: GECO-weighted when the run used GECO, else the ELBO."""
+        """The original evaluation's objective: GECO-weighted when the run used GECO, else the ELBO; the
+        original evaluates with kl_beta = 1 whatever the run trained with."""
         if self.cfg.model.kind != "emorl":
             return None
         if self.cfg.geco.enabled and self.geco_state is not None:
-            return Objective.geco(self.geco_state, kl_beta=self.cfg.training.kl_beta)
-        return Objective.elbo(self.cfg.training.kl_beta)
+            return Objective.geco(self.geco_state, kl_beta=1.0)
+        return Objective.elbo(1.0)
 
     def refinement_iters(self, override: Optional[int]) -> Optional[int]:
         """I at test time: the override, else eval.refinement_iters, else model.refinement_iters."""
