@@ -33,7 +33,8 @@ class StandIn(nn.Module):
     """Segments images of flat-coloured rectangles by colour; slot k holds the rectangle of colour k.
 
     decode(z): a slot's mask logit is 10 inside its rectangle [top, bottom) × [left, right) and 0 outside,
-    the background slot's is 5 everywhere; its colour is z[4:7]; z[7] is ignored (an inactive dim).
+    the background slot's (the black one) is 5 everywhere; its colour is z[4:7]; z[7] is ignored (an inactive
+    dim). Rows are decoded independently, as a real decoder does.
     """
 
     def __init__(self):
@@ -59,7 +60,8 @@ class StandIn(nn.Module):
         in_cols = (cols >= z[:, 1, None, None]) & (cols < z[:, 3, None, None])  # [N,1,W]
         inside = in_rows & in_cols  # [N,H,W]
         logits = 10.0 * inside.float()  # [N,H,W]
-        logits[::K] = 5.0  # every K-th row of z is a background slot
+        background = z[:, 4:7].abs().sum(1) == 0  # [N]: the black slot
+        logits[background] = 5.0
         rgb = z[:, 4:7, None, None].expand(-1, 3, H, W)
         return rgb, logits
 

@@ -152,11 +152,17 @@ def make_viz(
 
 
 def composite_renderer(model: torch.nn.Module):
-    """z [B,K,D] → images [B,C,H,W] in [0,1]: decode every slot, softmax the masks over slots, composite."""
+    """z [B,K,D] → images [B,C,H,W] in [0,1]: decode every slot, softmax the masks over slots, composite.
+
+    Each distinct latent is decoded once: in a traversal only the swept slot changes, so the other K − 1
+    slots of an image repeat in every frame (K× fewer decoder passes for activeness and GIFs).
+    """
 
     def render(z: torch.Tensor) -> torch.Tensor:
         b, k, d = z.shape
-        rgb, logits = model.decode(z.reshape(b * k, d))  # [B*K,C,H,W], [B*K,H,W]
+        unique, inverse = torch.unique(z.reshape(b * k, d), dim=0, return_inverse=True)  # [U,D], [B*K]
+        rgb, logits = model.decode(unique)  # [U,C,H,W], [U,H,W]
+        rgb, logits = rgb[inverse], logits[inverse]  # [B*K,C,H,W], [B*K,H,W]
         rgb = rgb.reshape(b, k, *rgb.shape[1:])  # [B,K,C,H,W]
         masks = torch.softmax(logits.reshape(b, k, 1, *logits.shape[-2:]), dim=1)  # [B,K,1,H,W]
         return (masks * rgb).sum(dim=1)
