@@ -1,5 +1,7 @@
 """Configs and helpers shared by several test modules."""
 
+import socket
+
 from emorl_cli.config import load_config
 
 # A small EfficientMORL that trains in well under a second per step on a CPU.
@@ -19,3 +21,10 @@ TINY = [
 
 def tiny_config(*extra: str):
     return load_config("demo", TINY + list(extra))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now (for torchrun's rendezvous)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import pytest
+from helpers import free_port
 from PIL import Image
 
 DATA = Path(__file__).parent / "data"
@@ -66,16 +66,10 @@ def test_eval_ari_missing_data_is_one_clear_line(cli, tmp_path):
     assert "tetrominoes_test.h5" in result.output and "emorl data" in result.output
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_eval_ari_across_two_processes_gathers_every_image_once(tmp_path):
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-        "--master_port", str(_free_port()), "-m", "emorl_cli", "eval", "ari",
+        "--master_port", str(free_port()), "-m", "emorl_cli", "eval", "ari",
         "--checkpoint", str(GOLDEN / "tetrominoes.pth"), "--config", "tetrominoes",
         "--data", str(GOLDEN / "tetrominoes_images.h5"), "--samples", "2", "--out", str(tmp_path / "e"),
     ]

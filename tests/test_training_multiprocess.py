@@ -8,26 +8,19 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY, tiny_config
+from helpers import TINY, free_port, tiny_config
 
 from emorl_cli.checkpoint import load_checkpoint
 from emorl_cli.data.synth import synthesize
 from emorl_cli.training.loop import train
 
 STEPS = 3
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

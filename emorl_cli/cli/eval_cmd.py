@@ -65,19 +65,20 @@ def ari(
     dataset = open_eval_split(cfg, data_dir=data_dir, data_file=data, split=split)
     accelerator = _accelerator()
     count = min(len(dataset), num_images or cfg.eval.num_images)
+    n_samples = samples or cfg.eval.samples
     out_dir = _out_dir(out, checkpoint, "eval")
-    with image_progress("eval ari", count * (samples or cfg.eval.samples), enabled=accelerator is None) as advance:
+    with image_progress("eval ari", count * n_samples, enabled=accelerator is None) as advance:
         report = run_ari_eval(
             loaded,
             dataset,
             num_images=count,
             batch_size=batch_size or cfg.eval.batch_size,
-            samples=samples or cfg.eval.samples,
+            samples=n_samples,
             refinement_iters=refinement_iters,
             seed=cfg.training.seed if seed is None else seed,
             out_dir=out_dir,
             accelerator=accelerator,
-            progress=lambda n: advance(n * (samples or cfg.eval.samples)),
+            progress=lambda n: advance(n * n_samples),
         )
     if accelerator is not None:  # every process reaches this point before any leaves the process group
         accelerator.wait_for_everyone()
@@ -85,7 +86,6 @@ def ari(
         accelerator.end_training()
         if not is_main:
             return
-    n_samples = samples or cfg.eval.samples
     iters = loaded.refinement_iters(refinement_iters)
     table = Table(
         title=f"{checkpoint.name} on {dataset.path.name}/{split}: {len(report.per_image)} images"

@@ -31,8 +31,13 @@ HASH_CHUNK = 1 << 20
 
 def md5_file(path: Path, progress: Optional[Progress] = None, chunk: int = HASH_CHUNK) -> str:
     """Hex md5 of a file, advancing `progress` by the bytes read."""
+    return hash_file(path, "md5", progress, chunk)
+
+
+def hash_file(path: Path, algorithm: str, progress: Optional[Progress] = None, chunk: int = HASH_CHUNK) -> str:
+    """Hex digest (hashlib `algorithm`) of a file, read in chunks, advancing `progress` by the bytes read."""
     progress = progress or NullProgress()
-    digest = hashlib.md5()
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as handle:
         while True:
             block = handle.read(chunk)

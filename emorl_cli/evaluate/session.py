@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,17 +12,14 @@ import torch
 from emorl_cli.checkpoint import load_for_inference
 from emorl_cli.config import Config, load_config
 from emorl_cli.data.dataset import H5Dataset, open_split
+from emorl_cli.data.manifest import hash_file
 from emorl_cli.errors import DataError
 from emorl_cli.model import Objective
 
 
 def file_sha256(path: Path) -> str:
     """Hex SHA-256 of a file (recorded with every result)."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return hash_file(Path(path), "sha256")
 
 
 @dataclass

@@ -174,7 +174,7 @@ class Trainer:
                         last = self._save(done)
                     if self._out_of_time(started):
                         break
-            if last is None or int(last.stem.split("_")[1]) != step + 1:
+            if last != self.run_dir.checkpoint_path(step + 1):  # stopped early, or nothing to do
                 last = self._save(step + 1)
         except NonFiniteLoss as exc:
             keep = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
