@@ -72,6 +72,12 @@ class ModelConfig(_Section):
         False, description="Use the bottom-up posterior of layer l-1 as the prior of layer l (else reversed prior)."
     )
     reverse_prior_plusplus: bool = Field(True, description="Reversed prior++ (needs bottom_up_prior false).")
+    init_gain: float = Field(
+        0.02,
+        gt=0,
+        description="Gain of the Xavier-normal initialisation of the layers the original initialises that way "
+        "(0.02 in the paper; at 0.02 the image is invisible to the slots at first, which makes the start slow).",
+    )
 
     @field_validator("input_size")
     @classmethod

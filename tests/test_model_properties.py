@@ -264,9 +264,63 @@ def test_decoder_gradient_reuse_gives_the_same_loss_and_gradients(overrides):
         assert (fast_grads[name] - grad).abs().max() <= 1e-4 * grad.abs().max() + 1e-8, name
 
 
+def test_decoder_gradient_reuse_under_bf16_autocast_matches_the_plain_backward():
+    model = small_model()
+    x = images(3)
+    results = []
+    for reuse in (True, False):
+        model.reuse_decoder_gradients = reuse
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x, Objective.elbo(), refinement_iters=2, noise=fixed_noise(1))
+        out.loss.backward()
+        results.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    fast, plain = results
+    assert fast.keys() == plain.keys()
+    decoder = [n for n in plain if "image_decoder" in n]
+    assert decoder
+    for name in decoder:  # bf16 rounds to ~3 significant digits; a wrong gradient is off by far more
+        assert (fast[name] - plain[name]).abs().max() <= 0.05 * plain[name].abs().max() + 1e-6, name
+
+
+def test_fp16_autocast_turns_gradient_reuse_off():
+    from emorl_cli.model.emorl import reuse_is_safe
+
+    assert reuse_is_safe("cpu")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert reuse_is_safe("cpu")
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert not reuse_is_safe("cpu")
+
+
 def test_refinement_gradient_scales():
     per_image = torch.tensor([1.0, 2.0, 3.0, 4.0])
     assert Objective.elbo().refinement_target(per_image) == 10.0
     assert Objective.elbo(refinement_grad="batch_mean").refinement_target(per_image) == 2.5
     global_mean = Objective.for_training_step(0, None, refinement_grad="batch_mean", global_batch_size=8)
     assert global_mean.refinement_target(per_image) == 1.25
+
+
+@pytest.mark.parametrize("kind", ["emorl", "slot_attention"])
+def test_init_gain_scales_the_xavier_layers_and_nothing_else(kind):
+    paper = dict(small_model(kind=kind).named_parameters())
+    wide = dict(small_model(kind=kind, init_gain=1.0).named_parameters())
+    scaled = [n for n in paper if not torch.equal(paper[n], wide[n])]
+    assert any("image_decoder.decode" in n for n in scaled)
+    for name in scaled:  # same random draws, 50 times larger
+        assert torch.allclose(wide[name], 50 * paper[name], rtol=1e-5, atol=1e-7), name
+    unchanged = [n for n in paper if n not in scaled]
+    assert any("gru" in n for n in unchanged) and any("pos_embed_projection" in n for n in unchanged)
+
+
+def test_the_paper_init_hides_the_image_from_the_slots():
+    """At gain 0.02 four tiny convolutions leave the keys (almost) independent of the image: the slow start
+    `model.init_gain` exists for. At gain 1 the slots see it."""
+    x = images(4)
+    spread = {}
+    for gain in (0.02, 1.0):
+        model = small_model(init_gain=gain)
+        with torch.no_grad():
+            keys, _ = model.hvae_networks.encode(x)  # [B, H*W, D]
+        spread[gain] = keys.std(dim=0).mean().item()  # over images, per pixel and channel
+    assert spread[0.02] < 1e-8 < 1e-3 < spread[1.0]

@@ -46,6 +46,14 @@ def check_images(images: torch.Tensor, input_size: tuple[int, int, int]) -> None
         raise DataError(f"images must be floats in [-1, 1], got dtype {images.dtype}; convert them first")
 
 
+def reuse_is_safe(device_type: str) -> bool:
+    """Whether grad_reuse.py's in-forward decoder backward is exact enough here: in full precision and
+    under bf16 autocast (fp32's range, no loss scaling), not under fp16 autocast."""
+    if not torch.is_autocast_enabled(device_type):
+        return True
+    return torch.get_autocast_dtype(device_type) == torch.bfloat16
+
+
 def stage_weight(stage: int, refinement_iters: int) -> float:
     """Weight (I+3−i)/(I+1) of stage i in the training loss (earlier stages weigh more)."""
     return (refinement_iters + 3 - stage) / (refinement_iters + 1)
@@ -59,9 +67,10 @@ class EfficientMORL(nn.Module):
         self.cfg = cfg
         self.K, self.z_size = cfg.K, cfg.z_size
         self.hvae_networks = HVAENetworks(cfg)
-        self.refinenet = RefinementNetwork(cfg.z_size)
-        # Train-time shortcut of grad_reuse.py (same gradients); off under autocast, where gradients
-        # computed inside forward would miss the loss scaling.
+        self.refinenet = RefinementNetwork(cfg.z_size, cfg.init_gain)
+        # Train-time shortcut of grad_reuse.py (same gradients); on in fp32 and under bf16 autocast, off
+        # under fp16 autocast, where gradients computed inside forward would miss the loss scaling and
+        # could underflow.
         self.reuse_decoder_gradients = True
 
     # ------------------------------------------------------------------------------------------ decoding
@@ -149,7 +158,7 @@ class EfficientMORL(nn.Module):
         keys, values = self.hvae_networks.encode(images)  # [B, H*W, D] each
         bottom_up = self.hvae_networks.bottom_up(keys, values, noise)
 
-        settle = self.reuse_decoder_gradients and training_graph and not torch.is_autocast_enabled(images.device.type)
+        settle = self.reuse_decoder_gradients and training_graph and reuse_is_safe(images.device.type)
         injected = x.new_zeros(())  # Σ_i c_i·InjectGradients (value 0), see grad_reuse.py
         with torch.enable_grad():  # refinement needs ∇λ even when the caller is in no_grad
             lamda = bottom_up.lamda

@@ -69,15 +69,15 @@ class HVAENetworks(nn.Module):
         else:
             self.gru = nn.GRU(2 * d, 2 * d)
             self.project_update = nn.Linear(d, 2 * d)
-            xavier_init(self.project_update)
+            xavier_init(self.project_update, gain=cfg.init_gain)
         self.mlp_mu = nn.Sequential(nn.Linear(d, 2 * d), nn.ReLU(), nn.Linear(2 * d, d))
         self.mlp_softplus = nn.Sequential(nn.Linear(d, 2 * d), nn.ReLU(), nn.Linear(2 * d, d))
         self.image_decoder = SpatialBroadcastDecoder(cfg.image_decoder, d, h, w)
         self.init_posterior = nn.Parameter(torch.cat([torch.zeros(1, d), torch.ones(1, d)], dim=1))  # λ⁰ [1, 2D]
-        self.indep_prior = IndependentPrior(d)
+        self.indep_prior = IndependentPrior(d, cfg.init_gain)
         xavier_init(
             self.encoder_pt_1, self.encoder_pt_2, self.to_q, self.to_k, self.to_v,
-            self.mlp_mu, self.mlp_softplus, self.image_decoder,
+            self.mlp_mu, self.mlp_softplus, self.image_decoder, gain=cfg.init_gain,
         )  # fmt: skip
 
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

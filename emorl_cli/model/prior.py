@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from emorl_cli.model.distributions import DiagonalGaussian
-from emorl_cli.model.weight_init import xavier_init
+from emorl_cli.model.weight_init import XAVIER_GAIN, xavier_init
 
 HIDDEN = 128
 
@@ -19,12 +19,12 @@ HIDDEN = 128
 class IndependentPrior(nn.Module):
     """z [N, D] → DiagonalGaussian over [N, D] (the same MLP for every slot)."""
 
-    def __init__(self, z_size: int):
+    def __init__(self, z_size: int, init_gain: float = XAVIER_GAIN):
         super().__init__()
         self.z_linear = nn.Sequential(nn.Linear(z_size, HIDDEN), nn.ELU())
         self.z_mu = nn.Linear(HIDDEN, z_size)
         self.z_softplus = nn.Linear(HIDDEN, z_size)
-        xavier_init(self.z_linear, self.z_mu, self.z_softplus)
+        xavier_init(self.z_linear, self.z_mu, self.z_softplus, gain=init_gain)
 
     def forward(self, z: torch.Tensor) -> DiagonalGaussian:
         hidden = self.z_linear(z)  # [N, 128]

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emorl_cli.model.weight_init import xavier_init
+from emorl_cli.model.weight_init import XAVIER_GAIN, xavier_init
 
 HIDDEN = 128
 LN_EPS = 1e-5
@@ -26,14 +26,14 @@ LN_EPS = 1e-5
 class RefinementNetwork(nn.Module):
     """(λ [N, 2D], ∇λ [N, 2D], h [1, N, D]) → (Δλ [N, 2D], h' [1, N, D])."""
 
-    def __init__(self, z_size: int):
+    def __init__(self, z_size: int, init_gain: float = XAVIER_GAIN):
         super().__init__()
         self.z_size = z_size
         self.recurrence = nn.GRU(z_size, z_size)
         self.encoding = nn.Sequential(nn.Linear(4 * z_size, HIDDEN), nn.ELU(), nn.Linear(HIDDEN, z_size))
         self.loc = nn.Linear(z_size, z_size)
         self.softplus = nn.Linear(z_size, z_size)
-        xavier_init(self.loc, self.softplus, self.encoding)
+        xavier_init(self.loc, self.softplus, self.encoding, gain=init_gain)
 
     def initial_state(self, rows: int, like: torch.Tensor) -> torch.Tensor:
         """h₀ = 0: [1, N, D]."""

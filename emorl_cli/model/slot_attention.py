@@ -48,7 +48,7 @@ class SlotAttention(nn.Module):
         self.gru = nn.GRU(d, d)
         self.init_slots = nn.Parameter(torch.cat([torch.zeros(1, d), torch.ones(1, d)], dim=1))  # [1, 2D]
         self.image_decoder = SpatialBroadcastDecoder(cfg.image_decoder, d, h, w)
-        xavier_init(self.image_decoder)  # the original initialises only the decoder this way
+        xavier_init(self.image_decoder, gain=cfg.init_gain)  # the original initialises only the decoder this way
 
     def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """z [N, D] → (rgb [N, 3, H, W] in [0, 1], mask_logits [N, H, W])."""

@@ -2,7 +2,9 @@
 
 It applies to every `Conv*`/`Linear` inside the given modules (LayerNorms keep PyTorch's defaults).
 Which modules get it is part of the model's definition, so each model calls it on the same modules as
-the original (see `hvae.py`, `refinement.py`, `slot_attention.py`).
+the original (see `hvae.py`, `refinement.py`, `slot_attention.py`). The gain is `model.init_gain` (the
+paper's 0.02 by default): four such convolutions shrink the image by ~0.02⁴, so at step 0 the slots see only
+the position embedding — a long plateau at the start of training that a gain of 1 avoids (README, "The demo").
 """
 
 from __future__ import annotations
