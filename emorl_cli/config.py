@@ -159,6 +159,11 @@ class TrainingConfig(_Section):
             raise ValueError(f"refinement steps I must be ≥ 0, got {[i for _, i in v]}")
         return v
 
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, v: Any) -> Any:
+        return "no" if v is False else v  # YAML reads an unquoted `no` as false
+
     @field_validator("clip_grad_norm")
     @classmethod
     def _positive_clip(cls, v: Optional[float]) -> Optional[float]:

@@ -33,10 +33,27 @@ class DemoResult:
     steps: int = 0
 
 
+def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether the CPU computes bf16 natively (AVX-512 BF16 or AMX); elsewhere bf16 autocast is emulated
+    and slower than float32. False where it cannot tell (no /proc/cpuinfo)."""
+    try:
+        flags = set(cpuinfo.read_text(errors="replace").split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
 def demo_config(out_dir: Path, overrides: Optional[list[str]] = None) -> Config:
-    """configs/demo.yaml (with dotted overrides) and its data folder inside `out_dir`."""
+    """configs/demo.yaml (with dotted overrides) and its data folder inside `out_dir`.
+
+    demo.yaml trains in bf16; on a CPU without native bf16 the demo trains in float32 instead, unless
+    `training.mixed_precision` is overridden explicitly.
+    """
     raw = config_to_dict(load_config("demo", overrides))
     raw["data"]["data_dir"] = str(out_dir / "data")
+    explicit = any(item.split("=", 1)[0].strip() == "training.mixed_precision" for item in overrides or [])
+    if raw["training"]["mixed_precision"] == "bf16" and not explicit and not cpu_has_native_bf16():
+        raw["training"]["mixed_precision"] = "no"
     return config_from_dict(raw, source="demo config")
 
 

@@ -154,3 +154,10 @@ def test_convert_rejects_a_non_original_file(cli, tmp_path):
     result = cli("config", "convert", path)
     assert result.exit_code == 1
     assert "not an original EfficientMORL config" in result.output
+
+
+def test_an_unquoted_no_for_mixed_precision_means_no():
+    from emorl_cli.config import load_config
+
+    assert load_config("demo", ["training.mixed_precision=no"]).training.mixed_precision == "no"
+    assert load_config("demo", ["training.mixed_precision=bf16"]).training.mixed_precision == "bf16"

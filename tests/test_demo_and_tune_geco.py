@@ -47,6 +47,27 @@ def test_demo_with_a_checkpoint_skips_training(cli, tmp_path, monkeypatch):
     assert "FG-ARI" in result.output
 
 
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n")
+    assert demo_module.cpu_has_native_bf16(info)
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n")
+    assert not demo_module.cpu_has_native_bf16(info)
+    assert not demo_module.cpu_has_native_bf16(tmp_path / "missing")
+
+
+@pytest.mark.parametrize(
+    ("native", "overrides", "expected"),
+    [(True, [], "bf16"), (False, [], "no"), (False, ["training.mixed_precision=bf16"], "bf16")],
+)
+def test_the_demo_trains_in_bf16_only_where_the_cpu_has_it(monkeypatch, tmp_path, native, overrides, expected):
+    assert load_config("demo").training.mixed_precision == "bf16"
+    monkeypatch.setattr(demo_module, "cpu_has_native_bf16", lambda: native)
+    cfg = demo_module.demo_config(tmp_path, overrides)
+    assert cfg.training.mixed_precision == expected
+    assert cfg.data.data_dir == tmp_path / "data"
+
+
 def test_the_rule_puts_the_target_between_the_initial_and_the_plateau_nll():
     steps = np.arange(200)
     # background learned fast (1.0 → 0.2), then a slow decline to 0.1
