@@ -68,6 +68,13 @@ def test_the_demo_trains_in_bf16_only_where_the_cpu_has_it(monkeypatch, tmp_path
     assert cfg.data.data_dir == tmp_path / "data"
 
 
+def test_the_time_kept_for_evaluation_follows_the_test_time_refinement_steps():
+    full = demo_module.RESERVE_EVAL + demo_module.RESERVE_VIZ + demo_module.RESERVE_GIFS
+    assert demo_module._reserve(300, 3) == pytest.approx(full)
+    assert demo_module._reserve(300, 0) == pytest.approx(full / 4)
+    assert demo_module._reserve(10, 3) == pytest.approx(4.0)  # at most 40% of a tiny budget
+
+
 def test_the_rule_puts_the_target_between_the_initial_and_the_plateau_nll():
     steps = np.arange(200)
     # background learned fast (1.0 → 0.2), then a slow decline to 0.1
