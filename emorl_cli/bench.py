@@ -132,7 +132,7 @@ def bench_eval(
     torch.manual_seed(0)
     model = build_model(cfg.model).to(device).eval()
     objective = Objective.geco({"beta": 0.55, "C_ema": 0.0}) if cfg.geco.enabled else Objective.elbo()
-    iters = refinement_iters if refinement_iters is not None else (cfg.eval.refinement_iters or None)
+    iters = refinement_iters if refinement_iters is not None else cfg.test_refinement_iters()
     data = _test_images(cfg, num_images)
 
     def run(bs: int) -> float:

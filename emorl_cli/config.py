@@ -218,6 +218,12 @@ class Config(_Section):
             raise ValueError("model.kind='slot_attention' trains without GECO; set geco.enabled=false")
         return self
 
+    def test_refinement_iters(self) -> int:
+        """I at test time: eval.refinement_iters, else model.refinement_iters."""
+        if self.eval.refinement_iters is not None:
+            return self.eval.refinement_iters
+        return self.model.refinement_iters
+
     def geco_total_target(self) -> float:
         """GECO target for a whole image: the per-pixel-channel target times C·H·W."""
         c, h, w = self.model.input_size

@@ -106,8 +106,7 @@ def run_demo(
     if checkpoint is None:
         on_stage("train")
         run = out_dir / time.strftime("run-%Y%m%d-%H%M%S")
-        test_iters = cfg.model.refinement_iters if cfg.eval.refinement_iters is None else cfg.eval.refinement_iters
-        reserve = _reserve(budget, test_iters)
+        reserve = _reserve(budget, cfg.test_refinement_iters())
         train_seconds = max(1.0, budget - (time.perf_counter() - started) - reserve)
         result = train(cfg, run, show_progress=True, interactive=interactive, max_seconds=train_seconds)
         checkpoint, steps = result.last_checkpoint, result.start_step + result.steps

@@ -161,3 +161,11 @@ def test_an_unquoted_no_for_mixed_precision_means_no():
 
     assert load_config("demo", ["training.mixed_precision=no"]).training.mixed_precision == "no"
     assert load_config("demo", ["training.mixed_precision=bf16"]).training.mixed_precision == "bf16"
+
+
+def test_test_time_refinement_steps_come_from_eval_else_model():
+    from emorl_cli.config import load_config
+
+    assert load_config("tetrominoes", ["eval.refinement_iters=null"]).test_refinement_iters() == 3
+    assert load_config("tetrominoes", ["eval.refinement_iters=0"]).test_refinement_iters() == 0
+    assert load_config("tetrominoes", ["eval.refinement_iters=2"]).test_refinement_iters() == 2

@@ -44,11 +44,7 @@ class LoadedModel:
         """I at test time: the override, else eval.refinement_iters, else model.refinement_iters."""
         if self.cfg.model.kind != "emorl":
             return None
-        if override is not None:
-            return override
-        if self.cfg.eval.refinement_iters is not None:
-            return self.cfg.eval.refinement_iters
-        return self.cfg.model.refinement_iters
+        return override if override is not None else self.cfg.test_refinement_iters()
 
 
 def load_model(
