@@ -19,7 +19,7 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """Lint and check formatting with ruff."""
+    """Lint with ruff (rules in pyproject.toml; formatting is not enforced)."""
     session.install("ruff")
     session.run("ruff", "check", "emorl_cli", "tests", "noxfile.py")
 

@@ -144,11 +144,13 @@ class BroadcastConv(nn.Module):
         rows = torch.stack([weight[:, :, lo:hi].sum(2) for lo, hi in self.row_cases], dim=2)  # [C_out, D, R, kw]
         taps = torch.stack([rows[..., lo:hi].sum(3) for lo, hi in self.col_cases], dim=3)  # [C_out, D, R, Cc]
         r, c = taps.shape[2:]
-        per_case = (z @ taps.permute(1, 0, 2, 3).reshape(d, -1)).view(n, -1, r, c)  # [N, C_out, R, Cc]
-        position = conv(pos.unsqueeze(0))  # [1, C_out, Ho, Wo], bias included
+        # Built channels-last ([N, Ho, Wo, C_out] in memory), the layout the next convolutions run fastest in.
+        per_case = (z @ taps.permute(1, 2, 3, 0).reshape(d, -1)).view(n, r, c, -1)  # [N, R, Cc, C_out]
+        position = conv(pos.unsqueeze(0)).permute(0, 2, 3, 1)  # [1, Ho, Wo, C_out], bias included
         if r == 1 and c == 1:  # no padding: the z part is constant over the image
-            return per_case + position
-        return _spread(_spread(per_case, self.row_runs, 2), self.col_runs, 3) + position  # [N, C_out, Ho, Wo]
+            return (per_case + position).permute(0, 3, 1, 2)
+        spread = _spread(_spread(per_case, self.row_runs, 1), self.col_runs, 2)  # [N, Ho, Wo, C_out]
+        return (spread + position).permute(0, 3, 1, 2)  # [N, C_out, Ho, Wo], channels-last strides
 
 
 class SpatialBroadcastDecoder(nn.Module):
@@ -172,5 +174,7 @@ class SpatialBroadcastDecoder(nn.Module):
             hidden = self.first_layer(self.decode[0], z, pos)  # [N, C_out, Ho, Wo]
             out = self.decode[1:](hidden)  # [N, 4, H, W]
         else:
-            out = self.decode(z.view(n, d, 1, 1) + pos.unsqueeze(0))  # tiled [N, D, Gh, Gw] → [N, 4, H, W]
+            tiled = (z.view(n, d, 1, 1) + pos.unsqueeze(0)).contiguous(memory_format=torch.channels_last)
+            out = self.decode(tiled)  # [N, D, Gh, Gw] → [N, 4, H, W]
+        out = out.contiguous()  # back to NCHW for the likelihood (a small copy)
         return torch.sigmoid(out[:, :3]), out[:, 3]
