@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from emorl_cli.bench import count_flops
-from tests.helpers import TINY
+from helpers import TINY
 
 
 def _sets(*items: str) -> list[str]:
