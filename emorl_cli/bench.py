@@ -107,14 +107,16 @@ def bench_train(cfg: Config, name: str, *, batch_size: int, steps: int, warmup: 
     if runner.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(runner.device)
     times = _time(lambda: runner(next(counter), images), steps, warmup, runner.device)
-    extra: dict[str, Any] = {"refinement_iters": _train_iters(cfg)}
+    # peak memory is read here, before the FLOP count's extra step and the matrix product below
+    result = _result("train", cfg, name, batch_size, times, runner.device, {"refinement_iters": _train_iters(cfg)})
     flops = count_flops(lambda: runner(step_at, images))  # one more, untimed step
-    if flops:
-        extra["gflop_per_step"] = flops / 1e9
-        extra["achieved_gflop_per_second"] = flops / 1e9 / float(np.median(times))
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.training.mixed_precision, torch.float32)
-        extra["matmul_gflop_per_second"] = matmul_speed(runner.device, dtype)
-    return _result("train", cfg, name, batch_size, times, runner.device, extra)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.training.mixed_precision, torch.float32)
+    result.extra.update(
+        gflop_per_step=flops / 1e9,
+        achieved_gflop_per_second=flops / 1e9 / result.seconds_per_step,
+        matmul_gflop_per_second=matmul_speed(runner.device, dtype),
+    )
+    return result
 
 
 def matmul_speed(device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 3) -> float:
@@ -126,13 +128,11 @@ def matmul_speed(device: torch.device, dtype: torch.dtype, size: int = 2048, rep
     return 2 * size**3 / float(np.median(times)) / 1e9
 
 
-def count_flops(fn: Callable[[], Any]) -> Optional[int]:
+def count_flops(fn: Callable[[], Any]) -> int:
     """Floating-point operations of one call of fn, as torch's FlopCounterMode counts them (matrix products
-    and convolutions, forward and backward; elementwise work is not counted). None where it cannot count."""
-    try:
-        from torch.utils.flop_counter import FlopCounterMode
-    except ImportError:  # pragma: no cover - older torch
-        return None
+    and convolutions, forward and backward; elementwise work is not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     counter = FlopCounterMode(display=False)
     with counter:
         fn()

@@ -21,6 +21,11 @@ TINY = [
 ]
 
 
+def set_options(*overrides: str) -> list[str]:
+    """CLI arguments `--set A --set B ...` for dotted config overrides."""
+    return [arg for item in overrides for arg in ("--set", item)]
+
+
 def tiny_config(*extra: str):
     return load_config("demo", TINY + list(extra))
 

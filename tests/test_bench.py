@@ -4,13 +4,9 @@ import json
 
 import pytest
 import torch
+from helpers import TINY, set_options
 
 from emorl_cli.bench import count_flops
-from helpers import TINY
-
-
-def _sets(*items: str) -> list[str]:
-    return [arg for item in items for arg in ("--set", item)]
 
 
 def test_flop_count_of_a_convolution_matches_the_formula():
@@ -24,7 +20,7 @@ def test_flop_count_of_a_convolution_matches_the_formula():
 
 
 def test_train_bench_json(cli):
-    result = cli("bench", "demo", "--mode", "train", "--batch-size", "2", "--steps", "2", "--json", *_sets(*TINY))
+    result = cli("bench", "demo", "--mode", "train", "--batch-size", "2", "--steps", "2", "--json", *set_options(*TINY))
     assert result.exit_code == 0, result.output
     figures = json.loads(result.output)
     assert figures["mode"] == "train" and figures["batch_size"] == 2
@@ -45,7 +41,7 @@ def test_train_bench_json(cli):
 def test_eval_bench_times_batched_and_one_at_a_time(cli):
     result = cli(
         "bench", "demo", "--mode", "eval", "--batch-size", "4", "--num-images", "8", "--json",
-        *_sets(*TINY, "eval.refinement_iters=1"),
+        *set_options(*TINY, "eval.refinement_iters=1"),
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     extra = json.loads(result.output)["extra"]

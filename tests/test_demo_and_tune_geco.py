@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import yaml
+from helpers import set_options
 
 from emorl_cli import demo as demo_module
 from emorl_cli.config import load_config
@@ -21,7 +22,7 @@ def test_demo_with_a_tiny_budget_ends_in_time_with_every_output(cli, tmp_path, m
     monkeypatch.setattr(demo_module, "DEMO_TRAIN_IMAGES", 64)
     monkeypatch.setattr(demo_module, "DEMO_TEST_IMAGES", 16)
     out = tmp_path / "demo"
-    args = ["demo", "--out", out, "--minutes", "0.4"] + [a for s in SMALL for a in ("--set", s)]
+    args = ["demo", "--out", out, "--minutes", "0.4"] + set_options(*SMALL)
     result = cli(*args)
     assert result.exit_code == 0, result.output
     for label in ("FG-ARI", "MSE", "KL", "checkpoint", "results", "viz", "gif_sheet"):
@@ -101,7 +102,7 @@ def data_dir(tmp_path_factory):
 
 def test_tune_geco_command_writes_a_valid_config_and_is_reproducible(cli, data_dir, tmp_path):
     common = ["tune-geco", "demo", "--data-dir", data_dir, "--pilot-steps", "16",
-              "--set", "training.lr=2e-3"] + [a for s in SMALL for a in ("--set", s)]
+              "--set", "training.lr=2e-3"] + set_options(*SMALL)
     first = cli(*common, "--out", tmp_path / "a", "--write-config", tmp_path / "tuned.yaml")
     assert first.exit_code == 0, first.output
     proposal = json.loads((tmp_path / "a" / "proposal.json").read_text())

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import TINY, tiny_config
+from helpers import TINY, set_options, tiny_config
 
 from emorl_cli.checkpoint import load_checkpoint
 from emorl_cli.config import load_config
@@ -76,7 +76,7 @@ def test_uneven_batch_split_is_an_error():
 
 def test_train_cli_leaves_a_run_folder_and_resumes(cli, synth_dir, tmp_path):
     run = tmp_path / "run"
-    args = ["train", "demo", "--data-dir", synth_dir, "--out", run] + [a for s in TINY for a in ("--set", s)]
+    args = ["train", "demo", "--data-dir", synth_dir, "--out", run] + set_options(*TINY)
     result = cli(*args, "--set", "training.iters=4")
     assert result.exit_code == 0, result.output
     folder = RunDir(run)
@@ -128,7 +128,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_checkpoint(cli, syn
     original = step_module.lr_factor
     monkeypatch.setattr(step_module, "lr_factor", lambda s, *a: float("nan") if s >= 2 else original(s, *a))
     run = tmp_path / "run"
-    args = ["train", "demo", "--data-dir", synth_dir, "--out", run] + [a for s in TINY for a in ("--set", s)]
+    args = ["train", "demo", "--data-dir", synth_dir, "--out", run] + set_options(*TINY)
     result = cli(*args, "--set", "training.iters=6")
     assert result.exit_code == 1
     assert "at step 3" in result.output and "step_0000002.pt" in result.output
@@ -159,7 +159,7 @@ def test_a_checkpoint_cut_off_while_writing_leaves_the_previous_one_usable(synth
 def test_resume_with_a_different_model_is_refused(cli, synth_dir, tmp_path):
     run = tmp_path / "run"
     train(tiny_config("training.iters=2"), run, data_dir=synth_dir, show_progress=False)
-    args = ["train", "demo", "--data-dir", synth_dir, "--resume", run] + [a for s in TINY for a in ("--set", s)]
+    args = ["train", "demo", "--data-dir", synth_dir, "--resume", run] + set_options(*TINY)
     result = cli(*args, "--set", "model.z_size=12", "--set", "training.iters=4")
     assert result.exit_code == 1 and "model section" in result.output
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY, free_port, tiny_config
+from helpers import TINY, free_port, set_options, tiny_config
 
 from emorl_cli.checkpoint import load_checkpoint
 from emorl_cli.data.synth import synthesize
@@ -32,7 +32,7 @@ def runs(tmp_path_factory):
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
         "--master_port", str(free_port()), "-m", "emorl_cli", "train", "demo", "--cpu", "--record-ranks",
         "--data-dir", str(root / "data"), "--out", str(root / "two"),
-    ] + [a for s in overrides for a in ("--set", s)]
+    ] + set_options(*overrides)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=root)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -83,7 +83,7 @@ def test_accelerate_launch_runs_train(tmp_path, runs, entry):
         sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
         str(free_port()), *target, "train", "demo", "--data-dir", str(root / "data"), "--out", str(tmp_path / "r"),
-    ] + [a for s in TINY + ["training.iters=1"] for a in ("--set", s)]
+    ] + set_options(*TINY, "training.iters=1")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
