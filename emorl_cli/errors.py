@@ -9,6 +9,10 @@ class EmorlError(Exception):
     """Base class of every error emorl reports to its user."""
 
 
+class InputError(EmorlError):
+    """A command-line value is out of range or missing (for example --minutes 0)."""
+
+
 class ConfigError(EmorlError):
     """A configuration file or override is invalid."""
 

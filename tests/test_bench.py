@@ -57,5 +57,5 @@ def test_data_bench_table(cli):
 
 def test_unknown_mode_is_refused(cli):
     result = cli("bench", "demo", "--mode", "fly")
-    assert result.exit_code != 0
+    assert result.exit_code == 1
     assert "train, eval or data" in result.output

@@ -385,4 +385,4 @@ def test_download_link_variants():
 
 def test_fetch_needs_a_source(tmp_path):
     result = runner.invoke(app, ["data", "fetch", "--dest", str(tmp_path)])
-    assert result.exit_code == 2 and "--zenodo" in result.output
+    assert result.exit_code == 1 and "--zenodo" in result.output

@@ -48,6 +48,12 @@ def test_demo_with_a_checkpoint_skips_training(cli, tmp_path, monkeypatch):
     assert "FG-ARI" in result.output
 
 
+def test_demo_refuses_a_budget_that_is_not_positive(cli, tmp_path):
+    result = cli("demo", "--out", tmp_path / "demo", "--minutes", "0")
+    assert result.exit_code == 1 and "--minutes must be positive, got 0" in result.output
+    assert not (tmp_path / "demo").exists()
+
+
 def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n")

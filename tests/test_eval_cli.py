@@ -131,3 +131,11 @@ def test_gifs_write_top_k_traversals_per_slot_and_a_sheet(cli, tmp_path):
     assert 1 <= frames.shape[0] <= 5 and frames.shape[-1] in (3, 4)  # identical frames may be merged
     assert Image.open(out / "traversals.png").size[1] >= 8 * 35
     assert json.loads((out / "traversals.json").read_text())["image_index"] == 3
+
+
+def test_gifs_refuses_an_image_index_outside_the_split(cli, tmp_path):
+    result = cli("gifs", "--checkpoint", GOLDEN / "tetrominoes.pth", "--config", "tetrominoes",
+                 "--data", FIXTURES / "tetrominoes_real10_test.h5", "--image-index", "10", "--out", tmp_path / "g")
+    assert result.exit_code == 1
+    assert "--image-index 10 is outside the 10 images" in result.output and "0..9" in result.output
+    assert not (tmp_path / "g").exists() or not any((tmp_path / "g").iterdir())

@@ -67,12 +67,6 @@ def _root(
         torch.set_num_threads(threads)
 
 
-def not_available(name: str, issue: str) -> None:
-    """Placeholder for a command a later change fills: says so and exits 2, never pretends to work."""
-    err_console.print(f"[yellow]`emorl {name}` is not available yet ({issue}).[/]")
-    raise typer.Exit(2)
-
-
 def _register() -> None:
     from emorl_cli.cli import commands  # noqa: F401  (attaches every command to `app`)
 

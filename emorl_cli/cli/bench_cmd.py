@@ -11,6 +11,7 @@ from rich.table import Table
 from emorl_cli.cli.console import print_table
 from emorl_cli.cli.options import BatchSizeOpt, SetOpt
 from emorl_cli.config import load_config, resolve_config_path
+from emorl_cli.errors import InputError
 
 
 def bench(
@@ -41,7 +42,7 @@ def bench(
     elif mode == "data":
         result = lib.bench_data(cfg, name, batch_size=batch_size or cfg.training.batch_size, steps=steps * 100)
     else:
-        raise typer.BadParameter(f"--mode must be train, eval or data, got {mode!r}")
+        raise InputError(f"--mode must be train, eval or data, got {mode!r}")
     if as_json:
         typer.echo(json.dumps(result.to_dict()))
         return

@@ -22,7 +22,7 @@ from rich.table import Table
 from emorl_cli.cli.console import console, err_console, is_interactive, print_table
 from emorl_cli.data.progress import human_bytes
 from emorl_cli.data.registry import ZENODO_BASE_URL, ZENODO_RECORD_ID
-from emorl_cli.errors import DataError
+from emorl_cli.errors import DataError, InputError
 
 app = typer.Typer(no_args_is_help=True)
 class RichProgress:
@@ -95,7 +95,7 @@ def fetch(
     from emorl_cli.data.zenodo import FetchOptions, fetch_zenodo
 
     if not zenodo:
-        raise typer.BadParameter("choose where to fetch from: --zenodo (the only source so far)", param_hint="--zenodo")
+        raise InputError("no source given; add --zenodo (the only source so far)")
     opts = FetchOptions(
         record=record,
         base_url=base_url,

@@ -11,6 +11,7 @@ from rich.table import Table
 from emorl_cli.cli.console import console, err_console, is_interactive, print_table
 from emorl_cli.cli.options import ConfigArg, ConfigOpt, DataDirOpt, SetOpt
 from emorl_cli.config import load_config, resolve_config_path
+from emorl_cli.errors import InputError
 
 
 def tune_geco(
@@ -62,7 +63,7 @@ def demo(
     from emorl_cli.demo import run_demo, summary_rows
 
     if minutes <= 0:
-        raise typer.BadParameter(f"--minutes must be positive, got {minutes}")
+        raise InputError(f"--minutes must be positive, got {minutes}; try --minutes 5")
     result = run_demo(
         out,
         minutes=minutes,

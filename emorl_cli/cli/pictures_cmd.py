@@ -11,6 +11,7 @@ from emorl_cli.cli.console import console
 from emorl_cli.cli.eval_cmd import DataFileOpt, IterOpt, SplitOpt
 from emorl_cli.cli.options import CheckpointOpt, ConfigOpt, DataDirOpt, SeedOpt, SetOpt
 from emorl_cli.cli.progress import image_progress
+from emorl_cli.errors import InputError
 
 OutRequired = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
 
@@ -38,7 +39,9 @@ def gifs(
     loaded = load_model(checkpoint, config, overrides)
     dataset = open_eval_split(loaded.cfg, data_dir=data_dir, data_file=data, split=split)
     if not 0 <= image_index < len(dataset):
-        raise typer.BadParameter(f"--image-index {image_index} is outside the {len(dataset)} images of {split}")
+        raise InputError(
+            f"--image-index {image_index} is outside the {len(dataset)} images of {split}; pick 0..{len(dataset) - 1}"
+        )
     count = min(num_images, len(dataset))
     # the traversed image first, then the others for the latent ranges
     indices = [image_index] + [i for i in range(count) if i != image_index][: count - 1]
