@@ -19,9 +19,10 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """Lint with ruff (rules in pyproject.toml; formatting is not enforced)."""
+    """Lint and check formatting with ruff (rules and line length in pyproject.toml)."""
     session.install("ruff")
     session.run("ruff", "check", "emorl_cli", "tests", "noxfile.py")
+    session.run("ruff", "format", "--check", "emorl_cli", "tests", "noxfile.py")
 
 
 @nox.session

@@ -186,9 +186,7 @@ class EvalConfig(_Section):
     num_images: int = Field(320, gt=0, description="Test images to evaluate (the paper used 320).")
     batch_size: int = Field(32, gt=0, description="Images per batch during evaluation.")
     samples: int = Field(1, gt=0, description="Stochastic inference passes per image.")
-    refinement_iters: Optional[int] = Field(
-        None, ge=0, description="I at test time; null uses model.refinement_iters."
-    )
+    refinement_iters: Optional[int] = Field(None, ge=0, description="I at test time; null uses model.refinement_iters.")
 
 
 class Config(_Section):

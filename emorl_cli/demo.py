@@ -65,8 +65,10 @@ def ensure_data(cfg: Config) -> Path:
     spec = DATASETS[cfg.data.dataset]
     missing = [split for split in ("train", "test") if not (folder / spec.file_for(split)).exists()]
     if missing:
-        counts = {"train": DEMO_TRAIN_IMAGES if "train" in missing else 0,
-                  "test": DEMO_TEST_IMAGES if "test" in missing else 0}
+        counts = {
+            "train": DEMO_TRAIN_IMAGES if "train" in missing else 0,
+            "test": DEMO_TEST_IMAGES if "test" in missing else 0,
+        }
         synthesize(cfg.data.dataset, folder, counts["train"], counts["test"], seed=0)
     return folder
 
@@ -119,8 +121,14 @@ def run_demo(
     test = open_eval_split(loaded.cfg, data_dir=paths["data"])
     on_stage("eval")
     report = run_ari_eval(
-        loaded, test, num_images=min(DEMO_TEST_IMAGES, len(test)), batch_size=loaded.cfg.eval.batch_size, samples=1,
-        refinement_iters=None, seed=0, out_dir=out_dir / "eval",
+        loaded,
+        test,
+        num_images=min(DEMO_TEST_IMAGES, len(test)),
+        batch_size=loaded.cfg.eval.batch_size,
+        samples=1,
+        refinement_iters=None,
+        seed=0,
+        out_dir=out_dir / "eval",
     )
     paths["results"] = report.results_path
     paths["per_image"] = report.per_image_path
@@ -129,15 +137,25 @@ def run_demo(
     objective, iters = loaded.objective(), loaded.refinement_iters(None)
     shown = min(8, len(test))
     paths["viz"] = make_viz(
-        loaded.model, objective, batches_of(test, list(range(shown)), shown), out_dir / "viz",
-        refinement_iters=iters, num_images=shown,
+        loaded.model,
+        objective,
+        batches_of(test, list(range(shown)), shown),
+        out_dir / "viz",
+        refinement_iters=iters,
+        num_images=shown,
     )
     t = mark("viz", t)
     on_stage("gifs")
     ranged = min(16, len(test))
     gifs = make_gifs(
-        loaded.model, objective, batches_of(test, list(range(ranged)), ranged), out_dir / "gifs",
-        refinement_iters=iters, num_images=ranged, top_k=4, frames=8,
+        loaded.model,
+        objective,
+        batches_of(test, list(range(ranged)), ranged),
+        out_dir / "gifs",
+        refinement_iters=iters,
+        num_images=ranged,
+        top_k=4,
+        frames=8,
     )
     paths["gifs"] = out_dir / "gifs"
     paths["gif_sheet"] = gifs["sheet"]

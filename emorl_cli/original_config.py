@@ -120,8 +120,7 @@ def convert_original(raw: dict[str, Any]) -> Config:
     """Turn one original sacred JSON (train or test) into a validated emorl `Config`."""
     if "Net" not in raw or "dataset" not in raw or not ({"training", "test"} & raw.keys()):
         raise ConfigError(
-            f"not an original EfficientMORL config: expected keys Net, dataset and training or test, "
-            f"got {sorted(raw)}"
+            f"not an original EfficientMORL config: expected keys Net, dataset and training or test, got {sorted(raw)}"
         )
     net, dataset = raw["Net"], raw["dataset"]
     is_train = "training" in raw

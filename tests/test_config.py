@@ -13,8 +13,16 @@ SHIPPED = shipped_config_names()
 
 
 def test_every_dataset_and_model_is_shipped():
-    expected = {"tetrominoes", "multi_dsprites", "clevr6", "clevr6_128", "demo", "slot_attention_tetrominoes",
-                "slot_attention_multi_dsprites", "slot_attention_clevr6"}
+    expected = {
+        "tetrominoes",
+        "multi_dsprites",
+        "clevr6",
+        "clevr6_128",
+        "demo",
+        "slot_attention_tetrominoes",
+        "slot_attention_multi_dsprites",
+        "slot_attention_clevr6",
+    }
     assert expected <= set(SHIPPED)
 
 

@@ -14,8 +14,14 @@ from emorl_cli.config import load_config
 from emorl_cli.data.synth import synthesize
 from emorl_cli.tune_geco import propose_target
 
-SMALL = ["model.z_size=8", "training.batch_size=2", "training.warmup=2", "training.image_every=100000",
-         "geco.warm_start=1", "eval.batch_size=16"]
+SMALL = [
+    "model.z_size=8",
+    "training.batch_size=2",
+    "training.warmup=2",
+    "training.image_every=100000",
+    "geco.warm_start=1",
+    "eval.batch_size=16",
+]
 
 
 def test_demo_with_a_tiny_budget_ends_in_time_with_every_output(cli, tmp_path, monkeypatch):
@@ -107,8 +113,16 @@ def data_dir(tmp_path_factory):
 
 
 def test_tune_geco_command_writes_a_valid_config_and_is_reproducible(cli, data_dir, tmp_path):
-    common = ["tune-geco", "demo", "--data-dir", data_dir, "--pilot-steps", "16",
-              "--set", "training.lr=2e-3"] + set_options(*SMALL)
+    common = [
+        "tune-geco",
+        "demo",
+        "--data-dir",
+        data_dir,
+        "--pilot-steps",
+        "16",
+        "--set",
+        "training.lr=2e-3",
+    ] + set_options(*SMALL)
     first = cli(*common, "--out", tmp_path / "a", "--write-config", tmp_path / "tuned.yaml")
     assert first.exit_code == 0, first.output
     proposal = json.loads((tmp_path / "a" / "proposal.json").read_text())

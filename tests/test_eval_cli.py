@@ -29,8 +29,19 @@ GOLDEN_SETS = {
 def test_eval_ari_with_100_samples_reproduces_the_original(cli, tmp_path, name):
     out = tmp_path / "eval"
     result = cli(
-        "eval", "ari", "--checkpoint", GOLDEN / f"{name}.pth", *GOLDEN_SETS[name],
-        "--data", GOLDEN / f"{name}_images.h5", "--samples", "100", "--batch-size", "250", "--out", out,
+        "eval",
+        "ari",
+        "--checkpoint",
+        GOLDEN / f"{name}.pth",
+        *GOLDEN_SETS[name],
+        "--data",
+        GOLDEN / f"{name}_images.h5",
+        "--samples",
+        "100",
+        "--batch-size",
+        "250",
+        "--out",
+        out,
     )
     assert result.exit_code == 0, result.output
     assert "inferred 100× (stochastic)" in " ".join(result.output.split())
@@ -60,21 +71,45 @@ def test_eval_ari_of_an_original_checkpoint_needs_a_config(cli, tmp_path):
 
 
 def test_eval_ari_missing_data_is_one_clear_line(cli, tmp_path):
-    result = cli("eval", "ari", "--checkpoint", GOLDEN / "tetrominoes.pth", "--config", "tetrominoes",
-                 "--data-dir", tmp_path)
+    result = cli(
+        "eval", "ari", "--checkpoint", GOLDEN / "tetrominoes.pth", "--config", "tetrominoes", "--data-dir", tmp_path
+    )
     assert result.exit_code == 1
     assert "tetrominoes_test.h5" in result.output and "emorl data" in result.output
 
 
 def test_eval_ari_across_two_processes_gathers_every_image_once(tmp_path):
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-        "--master_port", str(free_port()), "-m", "emorl_cli", "eval", "ari",
-        "--checkpoint", str(GOLDEN / "tetrominoes.pth"), "--config", "tetrominoes",
-        "--data", str(GOLDEN / "tetrominoes_images.h5"), "--samples", "2", "--out", str(tmp_path / "e"),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "emorl_cli",
+        "eval",
+        "ari",
+        "--checkpoint",
+        str(GOLDEN / "tetrominoes.pth"),
+        "--config",
+        "tetrominoes",
+        "--data",
+        str(GOLDEN / "tetrominoes_images.h5"),
+        "--samples",
+        "2",
+        "--out",
+        str(tmp_path / "e"),
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1",
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "ACCELERATE_USE_CPU": "1",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    }
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     results = json.loads((tmp_path / "e" / "results.json").read_text())
@@ -85,8 +120,14 @@ def test_eval_ari_across_two_processes_gathers_every_image_once(tmp_path):
 
 
 def test_eval_dci_and_activeness_write_their_json(cli, tmp_path):
-    common = ["--checkpoint", GOLDEN / "tetrominoes.pth", "--config", "tetrominoes",
-              "--data", FIXTURES / "tetrominoes_iodine_mini_test.h5"]
+    common = [
+        "--checkpoint",
+        GOLDEN / "tetrominoes.pth",
+        "--config",
+        "tetrominoes",
+        "--data",
+        FIXTURES / "tetrominoes_iodine_mini_test.h5",
+    ]
     # the golden weights are barely trained: accept any overlap so that slots get matched
     dci = cli("eval", "dci", *common, "--estimators", "5", "--min-iou", "0", "--out", tmp_path / "dci")
     assert dci.exit_code == 0, dci.output
@@ -103,8 +144,19 @@ def test_eval_dci_and_activeness_write_their_json(cli, tmp_path):
 
 def test_viz_writes_one_figure_per_image_an_index_and_the_arrays(cli, tmp_path):
     out = tmp_path / "viz"
-    result = cli("viz", "--checkpoint", GOLDEN / "tetrominoes.pth", "--config", "tetrominoes",
-                 "--data", FIXTURES / "tetrominoes_real10_test.h5", "--num-images", "3", "--out", out)
+    result = cli(
+        "viz",
+        "--checkpoint",
+        GOLDEN / "tetrominoes.pth",
+        "--config",
+        "tetrominoes",
+        "--data",
+        FIXTURES / "tetrominoes_real10_test.h5",
+        "--num-images",
+        "3",
+        "--out",
+        out,
+    )
     assert result.exit_code == 0, result.output
     pngs = sorted(out.glob("image_*.png"))
     assert [p.name for p in pngs] == ["image_0.png", "image_1.png", "image_2.png"]
@@ -121,9 +173,25 @@ def test_viz_writes_one_figure_per_image_an_index_and_the_arrays(cli, tmp_path):
 
 def test_gifs_write_top_k_traversals_per_slot_and_a_sheet(cli, tmp_path):
     out = tmp_path / "gifs"
-    result = cli("gifs", "--checkpoint", GOLDEN / "tetrominoes.pth", "--config", "tetrominoes",
-                 "--data", FIXTURES / "tetrominoes_real10_test.h5", "--num-images", "4", "--top-k", "2",
-                 "--frames", "5", "--image-index", "3", "--out", out)
+    result = cli(
+        "gifs",
+        "--checkpoint",
+        GOLDEN / "tetrominoes.pth",
+        "--config",
+        "tetrominoes",
+        "--data",
+        FIXTURES / "tetrominoes_real10_test.h5",
+        "--num-images",
+        "4",
+        "--top-k",
+        "2",
+        "--frames",
+        "5",
+        "--image-index",
+        "3",
+        "--out",
+        out,
+    )
     assert result.exit_code == 0, result.output
     gifs = sorted(p.name for p in out.glob("*.gif"))
     assert gifs == sorted(f"slot_{k}_row_{r}.gif" for k in range(4) for r in range(2))
@@ -134,8 +202,19 @@ def test_gifs_write_top_k_traversals_per_slot_and_a_sheet(cli, tmp_path):
 
 
 def test_gifs_refuses_an_image_index_outside_the_split(cli, tmp_path):
-    result = cli("gifs", "--checkpoint", GOLDEN / "tetrominoes.pth", "--config", "tetrominoes",
-                 "--data", FIXTURES / "tetrominoes_real10_test.h5", "--image-index", "10", "--out", tmp_path / "g")
+    result = cli(
+        "gifs",
+        "--checkpoint",
+        GOLDEN / "tetrominoes.pth",
+        "--config",
+        "tetrominoes",
+        "--data",
+        FIXTURES / "tetrominoes_real10_test.h5",
+        "--image-index",
+        "10",
+        "--out",
+        tmp_path / "g",
+    )
     assert result.exit_code == 1
     assert "--image-index 10 is outside the 10 images" in result.output and "0..9" in result.output
     assert not (tmp_path / "g").exists() or not any((tmp_path / "g").iterdir())

@@ -101,8 +101,9 @@ def test_train_cli_leaves_a_run_folder_and_resumes(cli, synth_dir, tmp_path):
 def test_two_steps_resume_two_steps_equals_four_steps(synth_dir, tmp_path):
     straight = train(tiny_config("training.iters=4"), tmp_path / "a", data_dir=synth_dir, show_progress=False)
     train(tiny_config("training.iters=2"), tmp_path / "b", data_dir=synth_dir, show_progress=False)
-    resumed = train(tiny_config("training.iters=4"), tmp_path / "b", data_dir=synth_dir, resume=True,
-                    show_progress=False)
+    resumed = train(
+        tiny_config("training.iters=4"), tmp_path / "b", data_dir=synth_dir, resume=True, show_progress=False
+    )
     assert resumed.start_step == 2
     a, b = load_checkpoint(straight.last_checkpoint), load_checkpoint(resumed.last_checkpoint)
     for name, tensor in a["model"].items():
@@ -117,8 +118,9 @@ def test_two_steps_resume_two_steps_equals_four_steps(synth_dir, tmp_path):
 def test_same_seed_same_run_other_seed_other_run(synth_dir, tmp_path):
     one = train(tiny_config("training.iters=2"), tmp_path / "1", data_dir=synth_dir, show_progress=False)
     two = train(tiny_config("training.iters=2"), tmp_path / "2", data_dir=synth_dir, show_progress=False)
-    other = train(tiny_config("training.iters=2", "training.seed=9"), tmp_path / "3", data_dir=synth_dir,
-                  show_progress=False)
+    other = train(
+        tiny_config("training.iters=2", "training.seed=9"), tmp_path / "3", data_dir=synth_dir, show_progress=False
+    )
     p1, p2, p3 = params(one.last_checkpoint), params(two.last_checkpoint), params(other.last_checkpoint)
     assert all(torch.equal(p1[k], p2[k]) for k in p1)
     assert any(not torch.equal(p1[k], p3[k]) for k in p1)
@@ -167,8 +169,13 @@ def test_resume_with_a_different_model_is_refused(cli, synth_dir, tmp_path):
 def test_slot_attention_trains_with_its_own_loss(synth_dir, tmp_path):
     cfg = load_config(
         "slot_attention_tetrominoes",
-        ["model.z_size=8", "training.batch_size=4", "training.iters=2", "training.warmup=0",
-         "training.image_every=1000"],
+        [
+            "model.z_size=8",
+            "training.batch_size=4",
+            "training.iters=2",
+            "training.warmup=0",
+            "training.image_every=1000",
+        ],
     )
     result = train(cfg, tmp_path / "sa", data_dir=synth_dir, show_progress=False)
     assert result.final_scalars["loss"] > 0 and "geco_beta" not in result.final_scalars

@@ -29,15 +29,36 @@ def runs(tmp_path_factory):
     synthesize("tetrominoes", root / "data", 64, 8, seed=5)
     overrides = TINY + [f"training.iters={STEPS}"]
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-        "--master_port", str(free_port()), "-m", "emorl_cli", "train", "demo", "--cpu", "--record-ranks",
-        "--data-dir", str(root / "data"), "--out", str(root / "two"),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "emorl_cli",
+        "train",
+        "demo",
+        "--cpu",
+        "--record-ranks",
+        "--data-dir",
+        str(root / "data"),
+        "--out",
+        str(root / "two"),
     ] + set_options(*overrides)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=root)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    one = train(tiny_config(f"training.iters={STEPS}"), root / "one", data_dir=root / "data", show_progress=False,
-                record_ranks=True)
+    one = train(
+        tiny_config(f"training.iters={STEPS}"),
+        root / "one",
+        data_dir=root / "data",
+        show_progress=False,
+        record_ranks=True,
+    )
     return root, one
 
 
@@ -80,9 +101,27 @@ def test_accelerate_launch_runs_train(tmp_path, runs, entry):
     root, _ = runs
     target = ["-m", "emorl_cli"] if entry == "module" else [str(Path(sys.executable).parent / "emorl")]
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-        str(free_port()), *target, "train", "demo", "--data-dir", str(root / "data"), "--out", str(tmp_path / "r"),
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--cpu",
+        "--num_processes",
+        "1",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        *target,
+        "train",
+        "demo",
+        "--data-dir",
+        str(root / "data"),
+        "--out",
+        str(tmp_path / "r"),
     ] + set_options(*TINY, "training.iters=1")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)

@@ -20,9 +20,7 @@ def bench(
     batch_size: BatchSizeOpt = None,
     steps: Annotated[int, typer.Option("--steps", help="Timed repetitions (train, data).")] = 10,
     num_images: Annotated[int, typer.Option("--num-images", help="Images to evaluate (eval).")] = 320,
-    single: Annotated[
-        bool, typer.Option("--single/--no-single", help="Also time one image at a time (eval).")
-    ] = True,
+    single: Annotated[bool, typer.Option("--single/--no-single", help="Also time one image at a time (eval).")] = True,
     overrides: SetOpt = None,
     cpu: Annotated[bool, typer.Option("--cpu", help="Measure on the CPU even when a GPU is present.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
@@ -36,7 +34,11 @@ def bench(
         result = lib.bench_train(cfg, name, batch_size=batch_size or cfg.training.batch_size, steps=steps, cpu=cpu)
     elif mode == "eval":
         result = lib.bench_eval(
-            cfg, name, batch_size=batch_size or cfg.eval.batch_size, num_images=num_images, one_at_a_time=single,
+            cfg,
+            name,
+            batch_size=batch_size or cfg.eval.batch_size,
+            num_images=num_images,
+            one_at_a_time=single,
             cpu=cpu,
         )
     elif mode == "data":
@@ -64,5 +66,3 @@ def _table(result) -> None:
     table.add_row("device", result.device)
     table.add_row("versions", ", ".join(f"{k} {v}" for k, v in result.versions.items()))
     print_table(table)
-
-

@@ -25,6 +25,8 @@ from emorl_cli.data.registry import ZENODO_BASE_URL, ZENODO_RECORD_ID
 from emorl_cli.errors import DataError, InputError
 
 app = typer.Typer(no_args_is_help=True)
+
+
 class RichProgress:
     """`emorl_cli.data.progress.Progress` drawn with rich on a terminal; plain notes otherwise."""
 

@@ -32,7 +32,11 @@ def tune_geco(
     cfg = load_config(config, overrides)
     out_dir = out or Path("runs") / f"tune-geco-{resolve_config_path(config).stem}"
     proposal, paths = run(
-        cfg, out_dir, data_dir=data_dir, pilot_steps=pilot_steps, write_config=write_config,
+        cfg,
+        out_dir,
+        data_dir=data_dir,
+        pilot_steps=pilot_steps,
+        write_config=write_config,
         interactive=is_interactive(),
     )
     table = Table(title=f"GECO target for {config} (pilot: {proposal.pilot_steps} steps without GECO)")
@@ -79,5 +83,3 @@ def demo(
     for label, value in summary_rows(result):
         table.add_row(label, str(value))
     print_table(table)
-
-

@@ -19,9 +19,7 @@ DataFileOpt = Annotated[
 ]
 SplitOpt = Annotated[str, typer.Option("--split", help="Group of the .h5 file: test or train.")]
 NumImagesOpt = Annotated[Optional[int], typer.Option("--num-images", help="Images to use (default: eval.num_images).")]
-IterOpt = Annotated[
-    Optional[int], typer.Option("--refinement-iters", "-I", help="Refinement steps I at test time.")
-]
+IterOpt = Annotated[Optional[int], typer.Option("--refinement-iters", "-I", help="Refinement steps I at test time.")]
 
 METRIC_LABELS = {"fg_ari": "FG-ARI", "ari": "ARI", "mse": "MSE", "kl": "KL", "nll": "NLL"}
 
@@ -91,8 +89,11 @@ def ari(
         title=f"{checkpoint.name} on {dataset.path.name}/{split}: {len(report.per_image)} images"
         + (f", I={iters}" if iters is not None else ""),
         caption="mean ± std over images"
-        + (f"; each image inferred {n_samples}× (stochastic), sample std = mean per-image std" if n_samples > 1 else
-           "; inference is stochastic: use --samples S to average S passes"),
+        + (
+            f"; each image inferred {n_samples}× (stochastic), sample std = mean per-image std"
+            if n_samples > 1
+            else "; inference is stochastic: use --samples S to average S passes"
+        ),
     )
     table.add_column("metric")
     table.add_column("mean ± std", justify="right")

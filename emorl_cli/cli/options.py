@@ -7,9 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-ConfigArg = Annotated[
-    str, typer.Argument(help="A shipped config name (e.g. 'tetrominoes') or a path to a YAML file.")
-]
+ConfigArg = Annotated[str, typer.Argument(help="A shipped config name (e.g. 'tetrominoes') or a path to a YAML file.")]
 ConfigOpt = Annotated[
     Optional[str],
     typer.Option("--config", "-c", help="Config name or YAML path (needed for original .pth checkpoints)."),

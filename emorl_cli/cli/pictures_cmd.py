@@ -102,4 +102,3 @@ def viz(
             progress=advance,
         )
     console.print(f"wrote {count} figures to {out}/\nindex: {index}\narrays: {Path(out) / 'viz.npz'}", highlight=False)
-

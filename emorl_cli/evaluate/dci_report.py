@@ -57,8 +57,16 @@ def run_dci_eval(
     )
     scores = evaluate_dci(codes, seed=seed, n_estimators=estimators)
     path = Path(out_dir) / "dci.json"
-    atomic_write_json(path, {**scores, **_provenance(loaded, dataset, iters, seed), "estimators": estimators,
-                          "min_iou": min_iou, "min_pixels": min_pixels})
+    atomic_write_json(
+        path,
+        {
+            **scores,
+            **_provenance(loaded, dataset, iters, seed),
+            "estimators": estimators,
+            "min_iou": min_iou,
+            "min_pixels": min_pixels,
+        },
+    )
     return scores, path
 
 

@@ -127,9 +127,7 @@ class Trainer:
     def _save(self, done: int) -> Path:
         path = self.run_dir.checkpoint_path(done)
         if self.main:
-            save_checkpoint(
-                path, config=config_to_dict(self.cfg), step=done, rng=True, **self.runner.state_dict()
-            )
+            save_checkpoint(path, config=config_to_dict(self.cfg), step=done, rng=True, **self.runner.state_dict())
             self.run_dir.prune(self.cfg.training.keep_checkpoints)
         self.accelerator.wait_for_everyone()
         return path

@@ -1,9 +1,9 @@
 """The layout of a training run's folder.
 
-    RUN/config.yaml              the resolved config
-    RUN/checkpoints/step_000500.pt  checkpoints (newest k kept), written atomically
-    RUN/tb/                      TensorBoard events
-    RUN/metrics.jsonl            one JSON object per logged step
+RUN/config.yaml              the resolved config
+RUN/checkpoints/step_000500.pt  checkpoints (newest k kept), written atomically
+RUN/tb/                      TensorBoard events
+RUN/metrics.jsonl            one JSON object per logged step
 """
 
 from __future__ import annotations

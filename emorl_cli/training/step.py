@@ -59,11 +59,7 @@ class StepRunner:
         torch.manual_seed(cfg.training.seed)  # the same initial weights on every process
         self.model = build_model(cfg.model).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.training.lr)
-        self.geco: Optional[GECO] = (
-            GECO.from_config(cfg)
-            if cfg.model.kind == "emorl" and cfg.geco.enabled
-            else None
-        )
+        self.geco: Optional[GECO] = GECO.from_config(cfg) if cfg.model.kind == "emorl" and cfg.geco.enabled else None
 
     # ------------------------------------------------------------------------------------------ state
 
