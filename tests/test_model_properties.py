@@ -189,6 +189,32 @@ def test_frozen_parameters_still_refine():
     assert out.deltas.shape == (2,) and torch.all(out.deltas > 0)
 
 
+def test_plain_gru_update_follows_the_gru_equations():
+    """use_dual_gru false (the original's use_DualGRU False, the demo's setting): the attention update [B, K, D] is
+    projected to 2D and fed to one GRU whose hidden state is λ = [μ, s]; checked against the GRU equations
+    written out, with the original's parameter names."""
+    model = small_model(use_dual_gru=False)
+    net = model.hvae_networks
+    names = {n for n, _ in net.named_parameters()}
+    assert {"gru.weight_ih_l0", "gru.weight_hh_l0", "gru.bias_ih_l0", "gru.bias_hh_l0"} <= names
+    assert {"project_update.weight", "project_update.bias"} <= names
+    b, k, d = 2, SMALL["K"], SMALL["z_size"]
+    generator = torch.Generator().manual_seed(3)
+    updates = torch.randn(b, k, d, generator=generator)  # [B, K, D]
+    lamda = torch.randn(b * k, 2 * d, generator=generator)  # [N, 2D]
+    with torch.no_grad():
+        got = net._recurrent_update(updates, lamda)  # [N, 2D]
+        x = net.project_update(updates).reshape(b * k, 2 * d)  # [N, 2D]
+        gi = x @ net.gru.weight_ih_l0.T + net.gru.bias_ih_l0  # [N, 6D]: reset, update, new
+        gh = lamda @ net.gru.weight_hh_l0.T + net.gru.bias_hh_l0
+        (i_r, i_z, i_n), (h_r, h_z, h_n) = gi.chunk(3, dim=1), gh.chunk(3, dim=1)
+        r, z = torch.sigmoid(i_r + h_r), torch.sigmoid(i_z + h_z)
+        n = torch.tanh(i_n + r * h_n)
+        want = (1 - z) * n + z * lamda
+    assert got.shape == (b * k, 2 * d)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_images_are_independent_of_the_batch():
     """With the per-image refinement gradient an image's results do not depend on its batch mates."""
     model = small_model()
