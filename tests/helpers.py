@@ -1,6 +1,9 @@
 """Configs and helpers shared by several test modules."""
 
+import os
 import socket
+import sys
+from pathlib import Path
 
 from emorl_cli.config import load_config
 
@@ -35,3 +38,14 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def two_process_command(*emorl_args: str) -> list[str]:
+    """`python -m torch.distributed.run` with two local processes on a free port, running `emorl EMORL_ARGS`."""
+    rendezvous = ["--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port())]
+    return [sys.executable, "-m", "torch.distributed.run", *rendezvous, "-m", "emorl_cli", *emorl_args]
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment for an emorl subprocess: one thread per process, this checkout importable."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1]), **extra}

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
 import pytest
-from helpers import free_port
+from helpers import subprocess_env, two_process_command
 from PIL import Image
 
 DATA = Path(__file__).parent / "data"
 GOLDEN = DATA / "golden"
 FIXTURES = DATA / "fixtures"
+# the original's Tetrominoes checkpoint shown on the 10 real test images
+ORIGINAL_ON_REAL10 = [
+    "--checkpoint", GOLDEN / "tetrominoes.pth", "--config", "tetrominoes",
+    "--data", FIXTURES / "tetrominoes_real10_test.h5",
+]  # fmt: skip
 # the golden sets were made with the plain ELBO objective ("geco": null in their JSON)
 GOLDEN_SETS = {
     "tetrominoes": ["--config", "tetrominoes", "--set", "geco.enabled=false"],
@@ -79,37 +82,11 @@ def test_eval_ari_missing_data_is_one_clear_line(cli, tmp_path):
 
 
 def test_eval_ari_across_two_processes_gathers_every_image_once(tmp_path):
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(free_port()),
-        "-m",
-        "emorl_cli",
-        "eval",
-        "ari",
-        "--checkpoint",
-        str(GOLDEN / "tetrominoes.pth"),
-        "--config",
-        "tetrominoes",
-        "--data",
-        str(GOLDEN / "tetrominoes_images.h5"),
-        "--samples",
-        "2",
-        "--out",
-        str(tmp_path / "e"),
-    ]
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "ACCELERATE_USE_CPU": "1",
-        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
-    }
+    command = two_process_command(
+        "eval", "ari", "--checkpoint", str(GOLDEN / "tetrominoes.pth"), "--config", "tetrominoes",
+        "--data", str(GOLDEN / "tetrominoes_images.h5"), "--samples", "2", "--out", str(tmp_path / "e"),
+    )  # fmt: skip
+    env = subprocess_env(ACCELERATE_USE_CPU="1")
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     results = json.loads((tmp_path / "e" / "results.json").read_text())
@@ -146,12 +123,7 @@ def test_viz_writes_one_figure_per_image_an_index_and_the_arrays(cli, tmp_path):
     out = tmp_path / "viz"
     result = cli(
         "viz",
-        "--checkpoint",
-        GOLDEN / "tetrominoes.pth",
-        "--config",
-        "tetrominoes",
-        "--data",
-        FIXTURES / "tetrominoes_real10_test.h5",
+        *ORIGINAL_ON_REAL10,
         "--num-images",
         "3",
         "--out",
@@ -175,12 +147,7 @@ def test_gifs_write_top_k_traversals_per_slot_and_a_sheet(cli, tmp_path):
     out = tmp_path / "gifs"
     result = cli(
         "gifs",
-        "--checkpoint",
-        GOLDEN / "tetrominoes.pth",
-        "--config",
-        "tetrominoes",
-        "--data",
-        FIXTURES / "tetrominoes_real10_test.h5",
+        *ORIGINAL_ON_REAL10,
         "--num-images",
         "4",
         "--top-k",
@@ -204,12 +171,7 @@ def test_gifs_write_top_k_traversals_per_slot_and_a_sheet(cli, tmp_path):
 def test_gifs_refuses_an_image_index_outside_the_split(cli, tmp_path):
     result = cli(
         "gifs",
-        "--checkpoint",
-        GOLDEN / "tetrominoes.pth",
-        "--config",
-        "tetrominoes",
-        "--data",
-        FIXTURES / "tetrominoes_real10_test.h5",
+        *ORIGINAL_ON_REAL10,
         "--image-index",
         "10",
         "--out",

@@ -7,14 +7,13 @@ one process); the Accelerator is forced to the CPU by `emorl train --cpu`, givin
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY, free_port, set_options, tiny_config
+from helpers import TINY, free_port, set_options, subprocess_env, tiny_config, two_process_command
 
 from emorl_cli.checkpoint import load_checkpoint
 from emorl_cli.data.synth import synthesize
@@ -28,29 +27,10 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     synthesize("tetrominoes", root / "data", 64, 8, seed=5)
     overrides = TINY + [f"training.iters={STEPS}"]
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(free_port()),
-        "-m",
-        "emorl_cli",
-        "train",
-        "demo",
-        "--cpu",
-        "--record-ranks",
-        "--data-dir",
-        str(root / "data"),
-        "--out",
-        str(root / "two"),
-    ] + set_options(*overrides)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=root)
+    command = two_process_command(
+        "train", "demo", "--cpu", "--record-ranks", "--data-dir", str(root / "data"), "--out", str(root / "two"),
+    ) + set_options(*overrides)  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=subprocess_env(), cwd=root)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     one = train(
         tiny_config(f"training.iters={STEPS}"),
@@ -123,7 +103,6 @@ def test_accelerate_launch_runs_train(tmp_path, runs, entry):
         "--out",
         str(tmp_path / "r"),
     ] + set_options(*TINY, "training.iters=1")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=subprocess_env(), cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert (tmp_path / "r" / "checkpoints" / "step_0000001.pt").exists()
