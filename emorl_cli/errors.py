@@ -31,3 +31,11 @@ class CheckpointError(EmorlError):
 
 class TrainingError(EmorlError):
     """Training cannot continue (for example a non-finite loss)."""
+
+
+class OutputError(EmorlError):
+    """An output file or folder cannot be written (a full disk, a read-only folder, a file in the way)."""
+
+
+class BusyError(EmorlError):
+    """Another running emorl process holds the folder (a training run folder, a data folder)."""

@@ -6,25 +6,32 @@ from typing import Annotated, Optional
 
 import click
 import typer
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from emorl_cli import __version__
-from emorl_cli.cli.console import debug_enabled, err_console
+from emorl_cli.cli.console import debug_enabled, err_console, show_library_notes
 from emorl_cli.errors import EmorlError
+from emorl_cli.files import is_write_error, write_error
 
 DEBUG_KEY = "emorl.debug"
 
 
 class EmorlGroup(TyperGroup):
-    """Turns every `EmorlError` raised below into one red line and exit code 1."""
+    """Turns every `EmorlError` raised below into one red line and exit code 1 — and so an OSError that
+    says a place cannot be written (a full disk, a read-only folder) which no library call caught first."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except EmorlError as exc:
+        except (EmorlError, OSError) as exc:
             if debug_enabled() or ctx.meta.get(DEBUG_KEY):
                 raise
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            if isinstance(exc, OSError):
+                if not is_write_error(exc):
+                    raise
+                exc = write_error(exc.filename or "a file", exc)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
 
@@ -61,6 +68,7 @@ def _root(
     ] = None,
 ) -> None:
     ctx.meta[DEBUG_KEY] = debug
+    show_library_notes()
     if threads is not None:
         import torch
 

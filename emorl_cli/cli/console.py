@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console()
@@ -32,3 +34,21 @@ def print_table(table: Table) -> None:
         console.print(table)
     else:
         Console(file=console.file, width=PIPE_WIDTH, color_system=None).print(table)
+
+
+class NoteHandler(logging.Handler):
+    """Prints the library's warnings (logger `emorl`) as one yellow `note:` line each on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            err_console.print(f"[yellow]note:[/] {escape(record.getMessage())}", highlight=False, soft_wrap=True)
+        except Exception:  # a note must never break a command
+            self.handleError(record)
+
+
+def show_library_notes() -> None:
+    """Route the library's warnings to the terminal (once per process)."""
+    logger = logging.getLogger("emorl")
+    if not any(isinstance(h, NoteHandler) for h in logger.handlers):
+        logger.addHandler(NoteHandler(logging.WARNING))
+        logger.setLevel(logging.WARNING)
