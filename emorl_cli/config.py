@@ -6,12 +6,13 @@ K slots, D latent size, L stochastic (bottom-up) layers, I refinement steps.
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from emorl_cli.errors import ConfigError
 
@@ -21,10 +22,27 @@ DATASET_ENTITIES = {"tetrominoes": 4, "multi_dsprites": 6, "clevr6": 7, "clevr6_
 CLEVR_CROP_BOX = (64, 29, 256, 221)
 # Image sizes the "big" decoder produces: four stride-2 transposed convolutions from a 6x6 grid.
 BIG_DECODER_SIZES = (96,)
+# Upper bounds of the model's sizes: far above anything the paper uses, low enough that a typo (K=100000)
+# is caught when the config is read rather than after gigabytes of allocation. (limit, why)
+SIZE_LIMITS: dict[str, tuple[int, str]] = {
+    "K": (64, "slots; the paper uses 4 to 11, and time and memory grow with K"),
+    "z_size": (1024, "latent dimensions per slot; the paper uses 64"),
+    "stochastic_layers": (16, "bottom-up layers; the paper uses 3"),
+    "refinement_iters": (64, "refinement steps; the paper uses at most 3, and each one decodes every slot again"),
+    "image_side": (1024, "pixels per side; the paper uses at most 128, and memory grows with H·W"),
+}
+
+
+def check_at_most(value: int, limit_name: str) -> int:
+    """`value`, or a ValueError saying the limit and why (see SIZE_LIMITS)."""
+    limit, why = SIZE_LIMITS[limit_name]
+    if value > limit:
+        raise ValueError(f"must be at most {limit} ({why}), got {value}")
+    return value
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -45,6 +63,11 @@ class DataConfig(_Section):
     load_masks: bool = Field(True, description="Load ground-truth masks (needed for ARI and DCI).")
     load_factors: bool = Field(False, description="Load ground-truth factors (needed for DCI).")
     in_memory: bool = Field(True, description="Read the whole split into memory when it fits (much faster).")
+
+    @field_validator("image_size")
+    @classmethod
+    def _image_side(cls, v: int) -> int:
+        return check_at_most(v, "image_side")
 
 
 class ModelConfig(_Section):
@@ -86,7 +109,13 @@ class ModelConfig(_Section):
             raise ValueError(f"every entry must be positive, got {list(v)}")
         if v[0] != 3:
             raise ValueError(f"images have 3 channels, got C={v[0]}")
+        check_at_most(max(v[1:]), "image_side")
         return v
+
+    @field_validator("K", "z_size", "stochastic_layers", "refinement_iters")
+    @classmethod
+    def _bounded(cls, v: int, info: ValidationInfo) -> int:
+        return check_at_most(v, str(info.field_name))
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ModelConfig:
@@ -157,6 +186,8 @@ class TrainingConfig(_Section):
             raise ValueError(f"steps must be strictly increasing, got {steps}")
         if any(i < 0 for _, i in v):
             raise ValueError(f"refinement steps I must be ≥ 0, got {[i for _, i in v]}")
+        for _, i in v:
+            check_at_most(i, "refinement_iters")
         return v
 
     @field_validator("mixed_precision", mode="before")
@@ -187,6 +218,11 @@ class EvalConfig(_Section):
     batch_size: int = Field(32, gt=0, description="Images per batch during evaluation.")
     samples: int = Field(1, gt=0, description="Stochastic inference passes per image.")
     refinement_iters: Optional[int] = Field(None, ge=0, description="I at test time; null uses model.refinement_iters.")
+
+    @field_validator("refinement_iters")
+    @classmethod
+    def _bounded_iters(cls, v: Optional[int]) -> Optional[int]:
+        return v if v is None else check_at_most(v, "refinement_iters")
 
 
 class Config(_Section):
@@ -324,10 +360,33 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
 
 
 def load_config(name_or_path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Load a shipped name or YAML path, apply dotted overrides, validate."""
+    """Load a shipped name or YAML path, apply dotted overrides, validate.
+
+    When the file is valid on its own but not with the overrides, the error names the `--set` overrides at
+    fault rather than the file.
+    """
     path = resolve_config_path(name_or_path)
-    raw = apply_overrides(read_yaml(path), overrides)
-    return config_from_dict(raw, source=str(path))
+    raw = read_yaml(path)
+    if not overrides:
+        return config_from_dict(raw, source=str(path))
+    original = copy.deepcopy(raw)
+    try:
+        return config_from_dict(apply_overrides(raw, overrides), source=str(path))
+    except ConfigValidationError as exc:
+        try:
+            config_from_dict(original, source=str(path))
+        except ConfigValidationError:
+            raise exc from None  # the file itself is invalid
+        blamed = [item for item in overrides if any(_blames(item, problem) for problem in exc.problems)]
+        source = ", ".join(f"--set {item}" for item in blamed or overrides)
+        raise ConfigValidationError(source, exc.problems) from None
+
+
+def _blames(override: str, problem: str) -> bool:
+    """Whether a `section.field: message` problem line concerns the `key=value` override."""
+    key = override.split("=", 1)[0].strip()
+    loc = problem.split(": ", 1)[0] if ": " in problem else ""
+    return key in problem or (bool(loc) and (key.startswith(loc + ".") or loc.startswith(key)))
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
