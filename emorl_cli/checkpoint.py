@@ -100,13 +100,39 @@ def _torch_load(path: Union[str, Path]) -> Any:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist; check the path")
+    if path.stat().st_size == 0:
+        raise CheckpointError(
+            f"{path} is empty (0 bytes): writing it was cut off (a crash, a full disk, or a copy still under way); "
+            "use another checkpoint"
+        )
     try:
         return torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:  # unpickling errors, truncated files, non-torch files
-        raise CheckpointError(
-            f"{path} cannot be read as a checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-            "it may be damaged, still being written, or not a checkpoint"
-        ) from None
+        raise CheckpointError(_load_failure(path, exc)) from None
+
+
+def _load_failure(path: Path, exc: Exception) -> str:
+    """One line on why torch.load(weights_only=True) refused a file, keeping the sense of torch's message."""
+    text = str(exc)
+    if text.startswith("Weights only load failed"):
+        # torch's first paragraph says weights_only=False would load it but can run arbitrary code; the reason
+        # follows. emorl never loads untrusted pickles, so only the reason is kept, and the risk stated.
+        lines = [line.strip() for line in text.splitlines()[1:] if line.strip()]
+        lines = [line for line in lines if not line.startswith(("Check the documentation", "Please file an issue"))]
+        reason = " ".join(lines).replace("WeightsUnpickler error:", "").strip() or "unsupported content"
+        if "GLOBAL" in reason:
+            return (
+                f"{path} holds Python objects besides tensors ({reason}); unpickling them could run arbitrary code, "
+                "so emorl does not load this file — use a checkpoint written by emorl or by the original "
+                "EfficientMORL code, from a source you trust"
+            )
+        return f"{path} cannot be read as a checkpoint (torch's safe loader: {reason}); it may be damaged or not one"
+    first = " ".join(text.split())
+    first = first.split(". ")[0][:200] or type(exc).__name__
+    return (
+        f"{path} cannot be read as a checkpoint ({type(exc).__name__}: {first}); it may be truncated or damaged, "
+        "still being written, or not a checkpoint"
+    )
 
 
 def convert_original_state(
@@ -256,8 +282,13 @@ def save_checkpoint(
         "extra": extra or {},
     }
     path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        try:
+            torch.save(payload, handle)  # through a Python file, so a full disk raises its own OSError
+        except RuntimeError as exc:
+            if isinstance(exc.__context__, OSError):
+                raise exc.__context__ from None
+            raise
     return path
 
 
