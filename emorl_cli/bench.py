@@ -95,11 +95,13 @@ def _test_images(cfg: Config, n: int, seed: int = 0) -> dict[str, torch.Tensor]:
 
 def bench_train(cfg: Config, name: str, *, batch_size: int, steps: int, warmup: int = 2, cpu: bool = False):
     """Seconds per training step (forward, backward, all-reduce, clipping, Adam, GECO) at a batch size."""
+    from emorl_cli.training.memory import check_training_memory
     from emorl_cli.training.step import StepRunner, make_accelerator
 
     cfg = cfg.model_copy(deep=True)
     cfg.training.batch_size = batch_size
     accelerator = make_accelerator(cfg.training.mixed_precision, cpu=cpu)
+    check_training_memory(cfg, accelerator.device, batch_size)
     runner = StepRunner(cfg, accelerator)
     images = _test_images(cfg, batch_size)["imgs"].to(runner.device)
     step_at = max(cfg.geco.warm_start + 1, 0)  # GECO active, as for most of a run

@@ -17,7 +17,6 @@ The proposal always lies between the initial and the plateau NLL.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -28,7 +27,13 @@ from PIL import Image, ImageDraw, ImageFont
 
 from emorl_cli.config import Config, config_from_dict, config_to_dict
 from emorl_cli.errors import ConfigError, TrainingError
-from emorl_cli.files import atomic_path, atomic_write_json, atomic_write_text
+from emorl_cli.files import (
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    ensure_writable_file,
+    ensure_writable_folder,
+)
 
 EMA_ALPHA = 0.9
 DROP_FRACTION = 0.8
@@ -113,9 +118,10 @@ def propose_target(steps: np.ndarray, nll_per_pixel: np.ndarray, pixels: int, pi
 
 
 def read_nll_curve(metrics: Path, pixels: int) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, NLL per pixel and channel) from a run's metrics.jsonl."""
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if "nll" in r]
+    """(steps, NLL per pixel and channel) from a run's metrics.jsonl (a cut-off last line is skipped)."""
+    from emorl_cli.training.run_logs import MetricsLog
+
+    rows = [r for r in MetricsLog(metrics).read() if "nll" in r]
     return np.array([r["step"] for r in rows]), np.array([r["nll"] / pixels for r in rows], dtype=np.float64)
 
 
@@ -173,6 +179,9 @@ def tune_geco(
 
     steps = pilot_steps if pilot_steps is not None else default_pilot_steps(cfg)
     pilot = pilot_config(cfg, steps)
+    ensure_writable_folder(out_dir, "--out folder")  # before minutes of pilot training
+    if write_config is not None:
+        ensure_writable_file(write_config, "--write-config file")
     run_dir = RunDir(Path(out_dir) / "pilot")
     resume = run_dir.latest_checkpoint() is not None
     train(pilot, run_dir.root, data_dir=data_dir, resume=resume, show_progress=show_progress, interactive=interactive)

@@ -20,11 +20,13 @@ from torch.utils.data import DataLoader
 from emorl_cli.checkpoint import load_checkpoint, save_checkpoint
 from emorl_cli.config import Config, config_to_dict
 from emorl_cli.data.dataset import collate_batch, open_split
-from emorl_cli.errors import TrainingError
+from emorl_cli.errors import CheckpointError, OutputError, TrainingError
 from emorl_cli.files import atomic_write_json, atomic_write_text
 from emorl_cli.training.images import training_figure
+from emorl_cli.training.memory import check_training_memory
 from emorl_cli.training.order import GlobalBatchOrder, StepBatchSampler
 from emorl_cli.training.progress import TrainingProgress
+from emorl_cli.training.run_lock import lock_run_folder
 from emorl_cli.training.run_logs import MetricsLog, TensorBoardLog
 from emorl_cli.training.rundir import RunDir
 from emorl_cli.training.step import NonFiniteLoss, StepRunner, make_accelerator
@@ -64,10 +66,23 @@ class Trainer:
         self.main = self.accelerator.is_main_process
         self.show_progress, self.interactive, self.record_ranks = show_progress, interactive, record_ranks
         self.max_seconds = max_seconds
-        self.dataset = open_split(cfg.data, "train", data_dir, load_masks=False, load_factors=False)
-        self.order = GlobalBatchOrder(len(self.dataset), cfg.training.batch_size, cfg.training.seed)
-        self.runner = StepRunner(cfg, self.accelerator)
-        self.start_step = self._resume() if resume else self._fresh()
+        # one run per folder: a second `train` (or `--resume`) on it while this one runs is refused
+        self._lock = lock_run_folder(self.run_dir.root, self.accelerator, (self.run_dir.checkpoints,))
+        try:
+            per_process = max(1, cfg.training.batch_size // self.accelerator.num_processes)
+            check_training_memory(cfg, self.accelerator.device, per_process)  # before anything is allocated
+            self.dataset = open_split(cfg.data, "train", data_dir, load_masks=False, load_factors=False)
+            self.order = GlobalBatchOrder(len(self.dataset), cfg.training.batch_size, cfg.training.seed)
+            self.runner = StepRunner(cfg, self.accelerator)
+            self.start_step = self._resume() if resume else self._fresh()
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Give up the run folder (at the end of `run()`, or when setting up failed)."""
+        if self._lock is not None:
+            self._lock.release()
 
     # ---------------------------------------------------------------------------------------- set-up
 
@@ -93,7 +108,12 @@ class Trainer:
             raise TrainingError(
                 f"nothing to resume in {self.run_dir.root}: no checkpoints/step_*.pt; start without --resume"
             )
-        state = load_checkpoint(latest)
+        try:
+            state = load_checkpoint(latest)
+        except CheckpointError as exc:
+            earlier = [path for _, path in self.run_dir.list_checkpoints()[:-1]]
+            tip = f"; to resume from {earlier[-1].name} instead, move {latest.name} away" if earlier else ""
+            raise TrainingError(f"cannot resume: {exc}{tip}") from None
         if state["config"]["model"] != config_to_dict(self.cfg)["model"]:
             raise TrainingError(
                 f"the model section of the config differs from the one in {latest}; resume with the same "
@@ -177,6 +197,9 @@ class Trainer:
         except NonFiniteLoss as exc:
             keep = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
             raise TrainingError(f"{exc}; stopped, {keep}; lower training.lr or check the data") from None
+        except OutputError as exc:
+            keep = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+            raise TrainingError(f"{exc} (stopped at step {step + 1}; {keep}, continue with --resume)") from None
         finally:
             tb.close()
             if self.runner.world > 1:
@@ -186,6 +209,7 @@ class Trainer:
                     self.run_dir.root / f"geco_rank{self.runner.rank}.json",
                     {k: float(v) for k, v in self.runner.geco.state_dict().items()},
                 )
+            self.release()
         return TrainResult(
             run_dir=self.run_dir.root,
             start_step=self.start_step,

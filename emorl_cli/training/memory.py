@@ -1,0 +1,83 @@
+"""The memory a training step needs, estimated from the config before anything is allocated.
+
+A step keeps for its backward pass the hidden activations of every slot's decoder (B·K decodes of an
+H×W image) and per-pixel features of the encoder, the attention and the likelihood (B images):
+
+    bytes ≈ b · (B·K·A_dec + B·H·W·PIXEL_FEATURES) + 16 · parameters
+
+with b = 4 (float32) or 2 (bf16/fp16 autocast) and A_dec the decoder's hidden activations per slot
+(channels × layers × grid area). Measured on a CPU (peak RSS of one step, a quiet machine) for the shipped
+configs and variants of K, L, I, B and precision, a step used 1.3–2.5 times this, so it is a lower bound: a
+config whose estimate exceeds the free memory cannot train, and is refused before it allocates anything.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+
+from emorl_cli.config import Config
+from emorl_cli.data.dataset import available_memory_bytes
+from emorl_cli.errors import TrainingError
+
+# Activations per pixel of each image outside the decoder (encoder, attention, likelihood), fitted low.
+PIXEL_FEATURES = 700
+# Set to 1 to train even when the estimate exceeds the free memory.
+SKIP_ENV = "EMORL_SKIP_MEMORY_CHECK"
+
+
+def decoder_activations(kind: str, height: int, width: int) -> int:
+    """Hidden activations one slot's decode produces (channels × layers × grid area, approximately)."""
+    if kind == "small":  # 3 × 32 channels on a grid shrinking from (H+4)² to H²
+        return 32 * 3 * (height + 2) * (width + 2)
+    if kind == "iodine":  # 4 × 64 channels on a grid shrinking from (H+8)² to (H+2)²
+        return 64 * 4 * (height + 5) * (width + 5)
+    # big: transposed convolutions from H/16 up: two layers at H×W, the smaller ones add about a third
+    return 64 * 7 * height * width // 3
+
+
+def training_step_bytes(cfg: Config, batch: int) -> int:
+    """Estimated bytes of one training step of `cfg` at `batch` images per process (see the module)."""
+    from emorl_cli.model import build_model
+
+    _, h, w = cfg.model.input_size
+    per_value = 2 if cfg.training.mixed_precision in ("bf16", "fp16") else 4
+    per_image = cfg.model.K * decoder_activations(cfg.model.image_decoder, h, w) + PIXEL_FEATURES * h * w
+    with torch.device("meta"):  # counts the parameters without allocating them
+        parameters = sum(p.numel() for p in build_model(cfg.model).parameters())
+    return per_value * batch * per_image + 16 * parameters
+
+
+def free_memory_bytes(device: torch.device) -> Optional[int]:
+    """Free memory of `device` now (a GPU's free memory, or the machine's available memory), or None."""
+    if device.type == "cuda":
+        try:
+            return int(torch.cuda.mem_get_info(device)[0])
+        except RuntimeError:
+            return None
+    return available_memory_bytes()
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.0f} MB"
+
+
+def check_training_memory(cfg: Config, device: torch.device, batch: int) -> int:
+    """Refuse a config whose training step needs more memory than `device` has free; returns the estimate.
+
+    Raises:
+        TrainingError: the estimate exceeds the free memory (the message gives both and what to lower).
+    """
+    needed = training_step_bytes(cfg, batch)
+    free = free_memory_bytes(device)
+    if free is None or needed <= free or os.environ.get(SKIP_ENV, "") not in ("", "0"):
+        return needed
+    where = "this GPU has" if device.type == "cuda" else "this machine has"
+    _, h, w = cfg.model.input_size
+    raise TrainingError(
+        f"training needs at least about {_gb(needed)} of memory (batch {batch} per process, K={cfg.model.K}, "
+        f"{h}x{w} images, {cfg.model.image_decoder} decoder), but {where} {_gb(free)} free; lower "
+        f"training.batch_size or model.K, or use a machine with more memory ({SKIP_ENV}=1 tries anyway)"
+    )
