@@ -31,7 +31,15 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from emorl_cli.config import CLEVR_CROP_BOX, DataConfig
-from emorl_cli.data.h5 import SAMPLE_CHECK, SplitLayout, check_mask_values, get_hint, read_layout, reading
+from emorl_cli.data.h5 import (
+    SAMPLE_CHECK,
+    SplitLayout,
+    check_image_values,
+    check_mask_values,
+    get_hint,
+    read_layout,
+    reading,
+)
 from emorl_cli.errors import DataError
 
 log = logging.getLogger("emorl.data")
@@ -247,10 +255,12 @@ class H5Dataset(Dataset):
             out = np.empty((n, *self.image_hw, 3), np.uint8)
             for start in range(0, n, READ_CHUNK):
                 rows = imgs_ds[start : start + READ_CHUNK]
+                check_image_values(rows, self.path, self.split)
                 for j, img in enumerate(rows):
                     out[start + j] = clevr_preprocess_image(img, self.image_hw[0])
         else:
             out = imgs_ds[()]
+            check_image_values(out, self.path, self.split)
         self._imgs = np.ascontiguousarray(out.transpose(0, 3, 1, 2))  # [N, 3, H, W]: batches need no transpose
         if self.load_masks:
             masks_ds = group["masks"]

@@ -155,6 +155,8 @@ def read_layout(
     n, h, w, _ = imgs.shape
     if n == 0:
         raise DataError(f"{path}: split '{split}' is empty ('{split}/imgs' holds 0 images); {get_hint(path)}")
+    if imgs.dtype != np.uint8:
+        check_image_values(imgs[: min(SAMPLE_CHECK, n)], path, split)
 
     mask_entities = None
     if "masks" in group:
@@ -186,6 +188,28 @@ def read_layout(
             "set data.load_factors=false or use a file with factors (e.g. the *_with_masks_and_factors_* files)"
         )
     return SplitLayout(path, split, int(n), (int(h), int(w)), imgs.dtype, mask_entities, factor_dims)
+
+
+def check_image_values(imgs: np.ndarray, path: Path, split: str) -> None:
+    """Raise a `DataError` unless the images are uint8 or finite numbers within 0..255 that are not all
+    within 0..1 (what images_to_tensor expects: value / 255 · 2 − 1)."""
+    arr = np.asarray(imgs)
+    if arr.dtype == np.uint8 or arr.size == 0:
+        return
+    where = f"{path}: '{split}/imgs' ({arr.dtype})"
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise DataError(f"{where} holds NaN or infinite values; images must be numbers 0..255 — regenerate the file")
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < 0 or hi > 255:
+        raise DataError(
+            f"{where} holds values from {lo:g} to {hi:g}; images must lie within 0..255 (uint8, as in the "
+            "Zenodo files) — rescale them to 0..255"
+        )
+    if arr.dtype.kind == "f" and hi <= 1.0:
+        raise DataError(
+            f"{where} holds values from {lo:g} to {hi:g}, which looks like the range 0..1; emorl reads images "
+            "as 0..255 — multiply them by 255 (or store uint8)"
+        )
 
 
 def check_mask_values(masks: np.ndarray, path: Path, split: str, chunk: int = 1024) -> None:

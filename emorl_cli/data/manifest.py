@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Optional
@@ -24,6 +22,7 @@ from typing import Any, Optional
 from emorl_cli.data.progress import NullProgress, Progress
 from emorl_cli.data.registry import MANIFEST_NAME
 from emorl_cli.errors import DataError
+from emorl_cli.files import atomic_write_json
 
 FORMAT = "emorl-manifest/1"
 HASH_CHUNK = 1 << 20
@@ -92,18 +91,9 @@ class Manifest:
         return cls(folder, files, archives)
 
     def save(self) -> None:
-        """Write atomically (temporary file + rename)."""
-        self.folder.mkdir(parents=True, exist_ok=True)
+        """Write atomically (temporary file + fsync + rename)."""
         payload = {"format": FORMAT, "files": dict(sorted(self.files.items())), "archives": self.archives}
-        fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST_NAME}.", suffix=".tmp", dir=self.folder)
-        try:
-            with os.fdopen(fd, "w") as handle:
-                json.dump(payload, handle, indent=2)
-                handle.write("\n")
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_json(self.path, payload)
 
     def record_file(self, name: str, size: int, md5: str, source: str) -> None:
         self.files[name] = {"size": int(size), "md5": md5, "source": source}

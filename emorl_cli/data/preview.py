@@ -12,6 +12,7 @@ from PIL import Image
 
 from emorl_cli.data.h5 import read_layout, reading
 from emorl_cli.errors import DataError
+from emorl_cli.files import atomic_path, ensure_writable_file
 
 # One colour per mask entity (entity 0, the background, is dark grey).
 PALETTE = np.array(
@@ -51,6 +52,7 @@ def contact_sheet(path: Path, out: Path, count: int = 16, split: Optional[str] =
     """Write a PNG grid of the first `count` images of `split` (default: the file's first split), each image
     beside its masks overlaid (colour per entity). Returns the PNG's path."""
     path, out = Path(path), Path(out)
+    ensure_writable_file(out, "preview file")
     with reading(path, "previewing") as handle:
         if split is None:
             candidates = [g for g in sorted(handle) if isinstance(handle[g], h5py.Group) and "imgs" in handle[g]]
@@ -76,8 +78,6 @@ def contact_sheet(path: Path, out: Path, count: int = 16, split: Optional[str] =
         for j, tile in enumerate(tiles):
             big = Image.fromarray(tile).resize((w * scale, h * scale), Image.Resampling.NEAREST)
             sheet.paste(big, (x0 + j * (w * scale + GAP), y0))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    sheet.save(tmp, format="PNG")
-    tmp.replace(out)
+    with atomic_path(out) as tmp:
+        sheet.save(tmp, format="PNG")
     return out

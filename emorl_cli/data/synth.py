@@ -21,6 +21,8 @@ from emorl_cli.data.manifest import Manifest, md5_file
 from emorl_cli.data.progress import NullProgress, Progress
 from emorl_cli.data.registry import DATASETS, SYNTH_DATASETS
 from emorl_cli.errors import DataError
+from emorl_cli.files import remove_stale_temp_files
+from emorl_cli.locks import lock_folder
 
 GENERATORS: dict[str, ModuleType] = {"tetrominoes": synth_tetrominoes, "multi_dsprites": synth_dsprites}
 _SPLIT_CODE = {"train": 0, "test": 1}
@@ -77,12 +79,22 @@ def synthesize(
     Raises:
         DataError: unknown name, negative count, or an existing file without `force`.
     """
-    gen = _generator(name)
-    spec = DATASETS[name]
+    _generator(name)
     out_dir = Path(out_dir)
     counts = {"train": n_train, "test": n_test}
     if any(n < 0 for n in counts.values()) or sum(counts.values()) == 0:
         raise DataError(f"--train and --test must be ≥ 0 and not both 0, got {n_train} and {n_test}")
+    # one synth (or fetch) per folder: the manifest is read, changed and written back
+    with lock_folder(out_dir, "emorl data synth", advice="wait for it to finish, or write into another --out"):
+        remove_stale_temp_files(out_dir, owned_folder=True)
+        return _write_splits(name, out_dir, counts, seed, force, progress or NullProgress())
+
+
+def _write_splits(
+    name: str, out_dir: Path, counts: dict[str, int], seed: int, force: bool, progress: Progress
+) -> list[SynthFile]:
+    gen = _generator(name)
+    spec = DATASETS[name]
     targets = {split: out_dir / spec.file_for(split) for split, n in counts.items() if n > 0}
     existing = [p for p in targets.values() if p.exists()]
     if existing and not force:
@@ -90,7 +102,6 @@ def synthesize(
             f"{existing[0]} already exists; pass --force to replace it or choose another --out "
             "(a real Zenodo file there would be lost)"
         )
-    progress = progress or NullProgress()
     manifest = Manifest.load(out_dir)
     written: list[SynthFile] = []
     for split, path in targets.items():

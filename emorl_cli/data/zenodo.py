@@ -41,8 +41,13 @@ import h5py
 from emorl_cli import __version__
 from emorl_cli.data.manifest import HASH_CHUNK, Manifest, md5_file, safe_relative
 from emorl_cli.data.progress import NullProgress, Progress, human_bytes
-from emorl_cli.data.registry import ZENODO_BASE_URL, ZENODO_RECORD_ID
+from emorl_cli.data.registry import MANIFEST_NAME, ZENODO_BASE_URL, ZENODO_RECORD_ID
 from emorl_cli.errors import DownloadError
+from emorl_cli.files import remove_stale_temp_files
+from emorl_cli.locks import LOCK_NAME, lock_folder
+
+# Names emorl keeps for its own bookkeeping in a data folder: no download or archive member may take them.
+RESERVED_NAMES = (MANIFEST_NAME, LOCK_NAME)
 
 USER_AGENT = f"emorl/{__version__} (+https://doi.org/10.5281/zenodo.4895643)"
 # HTTP answers worth another try; any other error status is final.
@@ -154,7 +159,12 @@ def _open(url: str, timeout: float, headers: Optional[dict[str, str]] = None) ->
 
 
 def _check_url(url: str) -> str:
-    scheme = urllib.parse.urlsplit(url).scheme
+    try:
+        parsed = urllib.parse.urlsplit(url)
+        parsed.port  # noqa: B018 (parses the port, raising ValueError for a bad one)
+    except ValueError as exc:
+        raise DownloadError(f"{url!r} is not a valid URL ({exc}); give one such as https://zenodo.org") from None
+    scheme = parsed.scheme
     if scheme not in ("http", "https"):
         raise DownloadError(f"refusing to download {url!r}: only http and https URLs are used")
     return url
@@ -340,7 +350,7 @@ def _attempt(rf: RemoteFile, part: _PartFile, opts: FetchOptions, progress: Prog
     if short_of_header or short_of_record:
         want = rf.size if rf.size is not None else part.size + (expected or 0) - received
         raise _Transient(
-            f"the connection closed after {human_bytes(part.size)} of {human_bytes(want)} of {rf.key}",
+            f"the connection closed after {part.size:,} of {want:,} bytes ({human_bytes(want)}) of {rf.key}",
             progressed=received > 0,
         )
 
@@ -402,6 +412,11 @@ def _member_targets(zip_path: Path, archive: zipfile.ZipFile, dest: Path) -> lis
             raise DownloadError(
                 f"archive {zip_path.name} holds a symbolic link {info.filename!r}; nothing was extracted — "
                 "the archive is not trustworthy"
+            )
+        if rel.name in RESERVED_NAMES:
+            raise DownloadError(
+                f"archive {zip_path.name} holds a member named {info.filename!r}, a name emorl keeps for its own "
+                "bookkeeping; nothing was extracted — the archive is not trustworthy"
             )
         target = dest.joinpath(*rel.parts)
         if not target.resolve().is_relative_to(root):
@@ -537,13 +552,24 @@ def fetch_zenodo(
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DownloadError(f"cannot create the destination folder {dest} ({exc.strerror or exc})") from None
+    # one fetch (or synth) per folder: two writers of one file would append to the same download
+    with lock_folder(dest, "emorl data fetch", advice="wait for it to finish, or fetch into another --dest"):
+        remove_stale_temp_files(dest, owned_folder=True)
+        return _fetch_locked(dest, opts, progress, sleep)
+
+
+def _fetch_locked(dest: Path, opts: FetchOptions, progress: Progress, sleep: Callable[[float], None]) -> FetchResult:
     source = f"zenodo:{opts.record}"
     files = _select(list_record_files(opts, sleep), opts.only, opts.record)
     for rf in files:
         try:
-            safe_relative(rf.key)
+            rel = safe_relative(rf.key)
         except ValueError:
             raise DownloadError(f"record file name {rf.key!r} is unsafe (absolute or with '..'); refusing it") from None
+        if rel.name in RESERVED_NAMES:
+            raise DownloadError(
+                f"record file name {rf.key!r} is a name emorl keeps for its own bookkeeping; refusing the record"
+            )
     manifest = Manifest.load(dest)
     result = FetchResult(dest)
 
