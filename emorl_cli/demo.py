@@ -7,6 +7,7 @@ need, so the command ends close to the budget.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +17,9 @@ from typing import Any, Optional
 from emorl_cli.config import Config, config_from_dict, config_to_dict, load_config
 from emorl_cli.data.registry import DATASETS
 from emorl_cli.data.synth import synthesize
+from emorl_cli.errors import InputError
+from emorl_cli.evaluate.ari_report import format_stats
+from emorl_cli.files import ensure_writable_folder
 
 DEMO_TRAIN_IMAGES = 10_000
 DEMO_TEST_IMAGES = 320
@@ -92,7 +96,12 @@ def run_demo(
     started = time.perf_counter()
     budget = minutes * 60.0
     out_dir = Path(out_dir)
+    if not (math.isfinite(budget) and budget > 0):
+        raise InputError(f"the demo's time budget must be a positive number of minutes, got {minutes}")
     cfg = demo_config(out_dir, overrides)
+    # every input is checked before minutes of work: the output folder, and a given checkpoint
+    ensure_writable_folder(out_dir, "demo folder")
+    given = load_model(Path(checkpoint), config) if checkpoint is not None else None
     paths: dict[str, Path] = {}
     seconds: dict[str, float] = {}
 
@@ -117,7 +126,7 @@ def run_demo(
     else:
         paths["checkpoint"] = Path(checkpoint)
 
-    loaded = load_model(Path(checkpoint), config)
+    loaded = given if given is not None else load_model(Path(checkpoint), config)
     test = open_eval_split(loaded.cfg, data_dir=paths["data"])
     on_stage("eval")
     report = run_ari_eval(
@@ -176,8 +185,7 @@ def summary_rows(result: DemoResult) -> list[tuple[str, Any]]:
     rows: list[tuple[str, Any]] = []
     for key, label in (("fg_ari", "FG-ARI"), ("mse", "MSE"), ("kl", "KL")):
         if key in result.metrics:
-            m = result.metrics[key]
-            rows.append((label, f"{m['mean']:.4g} ± {m['std']:.3g}"))
+            rows.append((label, format_stats(result.metrics[key])))
     if result.steps:
         rows.append(("training steps", result.steps))
     rows.append(("seconds (total)", f"{result.seconds.get('total', 0):.0f}"))

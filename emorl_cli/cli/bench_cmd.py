@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from emorl_cli.cli.console import print_table
-from emorl_cli.cli.options import BatchSizeOpt, SetOpt
+from emorl_cli.cli.options import BatchSizeOpt, SetOpt, in_range
 from emorl_cli.config import load_config, resolve_config_path
 from emorl_cli.errors import InputError
 
@@ -18,8 +18,12 @@ def bench(
     config: Annotated[str, typer.Argument(help="Config name or YAML path.")] = "tetrominoes",
     mode: Annotated[str, typer.Option("--mode", help="train, eval or data.")] = "train",
     batch_size: BatchSizeOpt = None,
-    steps: Annotated[int, typer.Option("--steps", help="Timed repetitions (train, data).")] = 10,
-    num_images: Annotated[int, typer.Option("--num-images", help="Images to evaluate (eval).")] = 320,
+    steps: Annotated[
+        int, typer.Option("--steps", help="Timed repetitions (train, data).", callback=in_range("repetitions", 1))
+    ] = 10,
+    num_images: Annotated[
+        int, typer.Option("--num-images", help="Images to evaluate (eval).", callback=in_range("images", 1))
+    ] = 320,
     single: Annotated[bool, typer.Option("--single/--no-single", help="Also time one image at a time (eval).")] = True,
     overrides: SetOpt = None,
     cpu: Annotated[bool, typer.Option("--cpu", help="Measure on the CPU even when a GPU is present.")] = False,
@@ -30,19 +34,20 @@ def bench(
 
     cfg = load_config(config, overrides)
     name = resolve_config_path(config).stem
+    train_batch = batch_size if batch_size is not None else cfg.training.batch_size
     if mode == "train":
-        result = lib.bench_train(cfg, name, batch_size=batch_size or cfg.training.batch_size, steps=steps, cpu=cpu)
+        result = lib.bench_train(cfg, name, batch_size=train_batch, steps=steps, cpu=cpu)
     elif mode == "eval":
         result = lib.bench_eval(
             cfg,
             name,
-            batch_size=batch_size or cfg.eval.batch_size,
+            batch_size=batch_size if batch_size is not None else cfg.eval.batch_size,
             num_images=num_images,
             one_at_a_time=single,
             cpu=cpu,
         )
     elif mode == "data":
-        result = lib.bench_data(cfg, name, batch_size=batch_size or cfg.training.batch_size, steps=steps * 100)
+        result = lib.bench_data(cfg, name, batch_size=train_batch, steps=steps * 100)
     else:
         raise InputError(f"--mode must be train, eval or data, got {mode!r}")
     if as_json:

@@ -20,6 +20,7 @@ from rich.progress import Progress as RichBar
 from rich.table import Table
 
 from emorl_cli.cli.console import console, err_console, is_interactive, print_table
+from emorl_cli.cli.options import in_range
 from emorl_cli.data.progress import human_bytes
 from emorl_cli.data.registry import ZENODO_BASE_URL, ZENODO_RECORD_ID
 from emorl_cli.errors import DataError, InputError
@@ -82,9 +83,15 @@ def fetch(
         ZENODO_BASE_URL
     ),
     retries: Annotated[int, typer.Option("--retries", min=0, help="Retries per file after a network error.")] = 5,
-    timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to wait for the server.")] = 60.0,
+    timeout: Annotated[
+        float,
+        typer.Option("--timeout", help="Seconds to wait for the server.", callback=in_range("seconds", 0.1)),
+    ] = 60.0,
     backoff: Annotated[
-        float, typer.Option("--backoff", min=0.0, help="Seconds before the first retry (doubles each time).")
+        float,
+        typer.Option(
+            "--backoff", help="Seconds before the first retry (doubles each time).", callback=in_range("seconds", 0.0)
+        ),
     ] = 1.0,
     recheck: Annotated[
         bool, typer.Option("--recheck", help="Re-hash files the manifest vouches for; re-download any that changed.")
@@ -174,7 +181,10 @@ def info(
     """Describe an .h5 dataset file: groups, shapes, dtypes, entities, value ranges (and a preview PNG)."""
     from emorl_cli.data.h5 import describe_file
     from emorl_cli.data.preview import contact_sheet
+    from emorl_cli.files import ensure_writable_file
 
+    if preview is not None:
+        ensure_writable_file(preview, "--preview file")
     summary = describe_file(file)
     known = f", the '{summary.known_as}' file name" if summary.known_as else ""
     console.print(f"[bold]{summary.path}[/] — {human_bytes(summary.size_bytes)}{known}", highlight=False)

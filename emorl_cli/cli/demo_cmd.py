@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -66,6 +67,8 @@ def demo(
     """Train and show EfficientMORL on synthetic Tetrominoes on the CPU, in about --minutes minutes."""
     from emorl_cli.demo import run_demo, summary_rows
 
+    if not math.isfinite(minutes):
+        raise InputError(f"--minutes must be a finite number of minutes, got {minutes}; try --minutes 5")
     if minutes <= 0:
         raise InputError(f"--minutes must be positive, got {minutes}; try --minutes 5")
     result = run_demo(

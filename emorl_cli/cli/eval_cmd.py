@@ -9,7 +9,17 @@ import typer
 from rich.table import Table
 
 from emorl_cli.cli.console import console, print_table
-from emorl_cli.cli.options import BatchSizeOpt, CheckpointOpt, ConfigOpt, DataDirOpt, OutOpt, SeedOpt, SetOpt
+from emorl_cli.cli.options import (
+    BatchSizeOpt,
+    CheckpointOpt,
+    ConfigOpt,
+    DataDirOpt,
+    IterOpt,
+    OutOpt,
+    SeedOpt,
+    SetOpt,
+    in_range,
+)
 from emorl_cli.cli.progress import image_progress
 
 app = typer.Typer(no_args_is_help=True)
@@ -18,8 +28,15 @@ DataFileOpt = Annotated[
     Optional[Path], typer.Option("--data", help="An .h5 file to evaluate on (instead of --data-dir).")
 ]
 SplitOpt = Annotated[str, typer.Option("--split", help="Group of the .h5 file: test or train.")]
-NumImagesOpt = Annotated[Optional[int], typer.Option("--num-images", help="Images to use (default: eval.num_images).")]
-IterOpt = Annotated[Optional[int], typer.Option("--refinement-iters", "-I", help="Refinement steps I at test time.")]
+NumImagesOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--num-images",
+        help="Images to use (default: eval.num_images).",
+        callback=in_range("the number of test images to use", 1),
+    ),
+]
+__all__ = ["DataFileOpt", "IterOpt", "SplitOpt", "app"]
 
 METRIC_LABELS = {"fg_ari": "FG-ARI", "ari": "ARI", "mse": "MSE", "kl": "KL", "nll": "NLL"}
 
@@ -49,28 +66,31 @@ def ari(
     split: SplitOpt = "test",
     num_images: NumImagesOpt = None,
     batch_size: BatchSizeOpt = None,
-    samples: Annotated[Optional[int], typer.Option("--samples", help="Stochastic passes per image.")] = None,
+    samples: Annotated[
+        Optional[int],
+        typer.Option("--samples", help="Stochastic passes per image.", callback=in_range("passes per image", 1)),
+    ] = None,
     refinement_iters: IterOpt = None,
     seed: SeedOpt = None,
     out: OutOpt = None,
 ) -> None:
     """FG-ARI (background dropped), ARI, MSE, KL and NLL per image; mean ± std over images."""
-    from emorl_cli.evaluate.ari_report import run_ari_eval
+    from emorl_cli.evaluate.ari_report import format_stats, run_ari_eval
     from emorl_cli.evaluate.session import load_model, open_eval_split
 
     loaded = load_model(checkpoint, config, overrides)
     cfg = loaded.cfg
     dataset = open_eval_split(cfg, data_dir=data_dir, data_file=data, split=split)
     accelerator = _accelerator()
-    count = min(len(dataset), num_images or cfg.eval.num_images)
-    n_samples = samples or cfg.eval.samples
+    count = min(len(dataset), num_images if num_images is not None else cfg.eval.num_images)
+    n_samples = samples if samples is not None else cfg.eval.samples
     out_dir = _out_dir(out, checkpoint, "eval")
     with image_progress("eval ari", count * n_samples, enabled=accelerator is None) as advance:
         report = run_ari_eval(
             loaded,
             dataset,
             num_images=count,
-            batch_size=batch_size or cfg.eval.batch_size,
+            batch_size=batch_size if batch_size is not None else cfg.eval.batch_size,
             samples=n_samples,
             refinement_iters=refinement_iters,
             seed=cfg.training.seed if seed is None else seed,
@@ -100,9 +120,9 @@ def ari(
     if n_samples > 1:
         table.add_column("sample std", justify="right")
     for metric, stats in report.summary.items():
-        row = [METRIC_LABELS[metric], f"{stats['mean']:.4g} ± {stats['std']:.3g}"]
+        row = [METRIC_LABELS[metric], format_stats(stats)]
         if n_samples > 1:
-            row.append(f"{stats['sample_std']:.3g}")
+            row.append(f"{stats['sample_std']:.3g}" if stats["sample_std"] is not None else "n/a")
         table.add_row(*row)
     print_table(table)
     console.print(f"results: {report.results_path}\nper image: {report.per_image_path}", highlight=False)
@@ -119,9 +139,20 @@ def dci(
     num_images: NumImagesOpt = None,
     batch_size: BatchSizeOpt = None,
     refinement_iters: IterOpt = None,
-    estimators: Annotated[int, typer.Option("--estimators", help="Trees per gradient-boosted model.")] = 100,
-    min_iou: Annotated[float, typer.Option("--min-iou", help="Drop slot-object matches below this IoU.")] = 0.1,
-    min_pixels: Annotated[int, typer.Option("--min-pixels", help="Skip objects smaller than this.")] = 50,
+    estimators: Annotated[
+        int,
+        typer.Option("--estimators", help="Trees per gradient-boosted model.", callback=in_range("trees per model", 1)),
+    ] = 100,
+    min_iou: Annotated[
+        float,
+        typer.Option(
+            "--min-iou", help="Drop slot-object matches below this IoU.", callback=in_range("an IoU", 0.0, 1.0)
+        ),
+    ] = 0.1,
+    min_pixels: Annotated[
+        int,
+        typer.Option("--min-pixels", help="Skip objects smaller than this.", callback=in_range("pixels", 0)),
+    ] = 50,
     seed: SeedOpt = None,
     out: OutOpt = None,
 ) -> None:
@@ -132,13 +163,13 @@ def dci(
     loaded = load_model(checkpoint, config, overrides)
     cfg = loaded.cfg
     dataset = open_eval_split(cfg, data_dir=data_dir, data_file=data, split=split, load_factors=True)
-    count = min(len(dataset), num_images or cfg.eval.num_images)
+    count = min(len(dataset), num_images if num_images is not None else cfg.eval.num_images)
     with image_progress("eval dci", count) as advance:
         scores, path = run_dci_eval(
             loaded,
             dataset,
             num_images=count,
-            batch_size=batch_size or cfg.eval.batch_size,
+            batch_size=batch_size if batch_size is not None else cfg.eval.batch_size,
             refinement_iters=refinement_iters,
             seed=cfg.training.seed if seed is None else seed,
             estimators=estimators,
@@ -164,7 +195,12 @@ def activeness(
     data_dir: DataDirOpt = None,
     data: DataFileOpt = None,
     split: SplitOpt = "test",
-    num_images: Annotated[int, typer.Option("--num-images", help="Images for ranges and activeness.")] = 100,
+    num_images: Annotated[
+        int,
+        typer.Option(
+            "--num-images", help="Images for ranges and activeness.", callback=in_range("the number of test images", 1)
+        ),
+    ] = 100,
     batch_size: BatchSizeOpt = None,
     refinement_iters: IterOpt = None,
     seed: SeedOpt = None,
@@ -180,7 +216,7 @@ def activeness(
         loaded,
         dataset,
         num_images=min(num_images, len(dataset)),
-        batch_size=batch_size or loaded.cfg.eval.batch_size,
+        batch_size=batch_size if batch_size is not None else loaded.cfg.eval.batch_size,
         refinement_iters=refinement_iters,
         seed=loaded.cfg.training.seed if seed is None else seed,
         out_dir=_out_dir(out, checkpoint, "activeness"),

@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from emorl_cli.cli.console import console
-from emorl_cli.cli.eval_cmd import DataFileOpt, IterOpt, SplitOpt
-from emorl_cli.cli.options import CheckpointOpt, ConfigOpt, DataDirOpt, SeedOpt, SetOpt
+from emorl_cli.cli.eval_cmd import DataFileOpt, SplitOpt
+from emorl_cli.cli.options import CheckpointOpt, ConfigOpt, DataDirOpt, IterOpt, SeedOpt, SetOpt, in_range
 from emorl_cli.cli.progress import image_progress
 from emorl_cli.errors import InputError
 
@@ -25,9 +25,23 @@ def gifs(
     data: DataFileOpt = None,
     split: SplitOpt = "test",
     image_index: Annotated[int, typer.Option("--image-index", help="Test image whose slots are traversed.")] = 0,
-    top_k: Annotated[int, typer.Option("--top-k", help="Most active latent dimensions per slot.")] = 10,
-    frames: Annotated[int, typer.Option("--frames", help="Frames per GIF.")] = 8,
-    num_images: Annotated[int, typer.Option("--num-images", help="Images for latent ranges/activeness.")] = 100,
+    top_k: Annotated[
+        int,
+        typer.Option(
+            "--top-k", help="Most active latent dimensions per slot.", callback=in_range("latent dimensions", 1)
+        ),
+    ] = 10,
+    frames: Annotated[
+        int, typer.Option("--frames", help="Frames per GIF.", callback=in_range("frames of a traversal", 2))
+    ] = 8,
+    num_images: Annotated[
+        int,
+        typer.Option(
+            "--num-images",
+            help="Images for latent ranges/activeness.",
+            callback=in_range("the number of test images", 1),
+        ),
+    ] = 100,
     refinement_iters: IterOpt = None,
     seed: SeedOpt = None,
 ) -> None:
@@ -74,7 +88,9 @@ def viz(
     data_dir: DataDirOpt = None,
     data: DataFileOpt = None,
     split: SplitOpt = "test",
-    num_images: Annotated[int, typer.Option("--num-images", help="Images to draw.")] = 8,
+    num_images: Annotated[
+        int, typer.Option("--num-images", help="Images to draw.", callback=in_range("images to draw", 1))
+    ] = 8,
     refinement_iters: IterOpt = None,
     seed: SeedOpt = None,
     embed: Annotated[bool, typer.Option("--embed", help="Inline the PNGs into index.html.")] = False,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from emorl_cli.config import config_to_dict
 from emorl_cli.data.dataset import H5Dataset
 from emorl_cli.evaluate.runner import METRICS, evaluate_ari
 from emorl_cli.evaluate.session import LoadedModel, batches_of, file_sha256, shard_indices
-from emorl_cli.files import atomic_write_json, atomic_write_text
+from emorl_cli.files import atomic_write_json, atomic_write_text, ensure_writable_folder
 
 STOCHASTIC_NOTE = (
     "inference is stochastic (posterior samples); with samples > 1 every image is inferred that many times "
@@ -60,23 +59,35 @@ def per_image_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """metric → mean, std (over images, NaNs skipped), n, and sample_std (mean per-image std over samples)."""
-    summary = {}
+def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """metric → mean, std (over images, NaNs skipped), n, skipped, and sample_std (mean per-image std over
+    samples). With no finite value, mean, std and sample_std are None (null in results.json, which is strict
+    JSON); `skipped` counts the images whose value was NaN (FG-ARI of an image without foreground pixels)."""
+    summary: dict[str, dict[str, Any]] = {}
     for metric in METRICS:
         values = np.array([r[metric] for r in rows if metric in r], dtype=np.float64)
-        finite = values[np.isfinite(values)]
         if values.size == 0:
             continue
+        finite = values[np.isfinite(values)]
         stds = np.array([r[f"{metric}_std"] for r in rows if metric in r], dtype=np.float64)
+        stds = stds[np.isfinite(stds)]
         summary[metric] = {
-            "mean": float(finite.mean()) if finite.size else math.nan,
-            "std": float(finite.std()) if finite.size else math.nan,
+            "mean": float(finite.mean()) if finite.size else None,
+            "std": float(finite.std()) if finite.size else None,
             "n": int(finite.size),
             "skipped": int(values.size - finite.size),
-            "sample_std": float(np.nanmean(stds)) if stds.size else 0.0,
+            "sample_std": float(stds.mean()) if stds.size else None,
         }
     return summary
+
+
+def format_stats(stats: dict[str, Any]) -> str:
+    """'0.8123 ± 0.0412', with '(3 images skipped)' when some had no value, or 'n/a (all 16 images skipped)'."""
+    if stats["mean"] is None:
+        return f"n/a (all {stats['skipped']} images skipped)"
+    text = f"{stats['mean']:.4g} ± {stats['std']:.3g}"
+    skipped = stats.get("skipped", 0)
+    return text + (f" ({skipped} image{'s' if skipped != 1 else ''} skipped)" if skipped else "")
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:
@@ -104,6 +115,8 @@ def run_ari_eval(
     """Evaluate FG-ARI, ARI, MSE, KL and NLL per image; with `accelerator`, shard over its processes."""
     rank = accelerator.process_index if accelerator is not None else 0
     world = accelerator.num_processes if accelerator is not None else 1
+    if out_dir is not None and rank == 0:
+        ensure_writable_folder(out_dir, "output folder")  # before the evaluation, not after it
     torch.manual_seed(seed + rank)
     iters = loaded.refinement_iters(refinement_iters)
     indices = shard_indices(len(dataset), num_images, rank, world)

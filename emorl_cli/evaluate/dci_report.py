@@ -12,7 +12,7 @@ from emorl_cli import __version__
 from emorl_cli.data.dataset import H5Dataset
 from emorl_cli.evaluate.runner import collect_codes, evaluate_dci
 from emorl_cli.evaluate.session import LoadedModel, batches_of, file_sha256
-from emorl_cli.files import atomic_write_json
+from emorl_cli.files import atomic_write_json, ensure_writable_folder
 from emorl_cli.viz.pipeline import latent_activeness
 
 
@@ -43,6 +43,7 @@ def run_dci_eval(
     progress: Optional[Callable[[int], None]] = None,
 ) -> tuple[dict[str, Any], Path]:
     """Codes of matched slots → one gradient-boosted model per factor → DCI scores, saved as dci.json."""
+    ensure_writable_folder(out_dir, "output folder")  # before the evaluation, not after it
     torch.manual_seed(seed)
     iters = loaded.refinement_iters(refinement_iters)
     codes = collect_codes(
@@ -81,6 +82,7 @@ def run_activeness(
     out_dir: Path,
 ) -> tuple[dict[str, Any], Path]:
     """Latent ranges (min/max of posterior samples) and per-dimension activeness, saved as activeness.json."""
+    ensure_writable_folder(out_dir, "output folder")
     torch.manual_seed(seed)
     iters = loaded.refinement_iters(refinement_iters)
     ranges, _, activeness = latent_activeness(

@@ -62,8 +62,10 @@ def write_traversal_gif(
     """
     frames_u8 = _frames_uint8(frames, scale or auto_scale(as_numpy(frames).shape[-2]))
     path = Path(path)
+    # encoded in memory first: a full disk then fails one plain write, not the encoder halfway
+    encoded = iio.imwrite("<bytes>", frames_u8, extension=".gif", duration=1000.0 / fps, loop=loop)
     with atomic_path(path) as tmp:
-        iio.imwrite(tmp, frames_u8, extension=".gif", duration=1000.0 / fps, loop=loop)
+        tmp.write_bytes(encoded)
     return path
 
 

@@ -26,7 +26,7 @@ from emorl_cli.evaluate.activeness import (
 )
 from emorl_cli.evaluate.ari import UpsampleMode, adjusted_rand_index
 from emorl_cli.evaluate.runner import Progress, model_device, take_images
-from emorl_cli.files import atomic_path
+from emorl_cli.files import atomic_path, ensure_writable_folder
 from emorl_cli.viz.figures import render_stage_figure, save_png
 from emorl_cli.viz.gifs import traversal_gif_name, write_gif_sheet, write_traversal_gif
 from emorl_cli.viz.html import write_index_html
@@ -106,7 +106,7 @@ def make_viz(
     Per-image metrics: FG-ARI and ARI (when the batches carry masks), MSE, and KL and NLL when the model has
     them. Returns the path of index.html.
     """
-    out_dir = Path(out_dir)
+    out_dir = ensure_writable_folder(out_dir, "output folder")  # before any image is inferred
     device = model_device(model)
     entries = []
     arrays: dict[str, list[np.ndarray]] = {}
@@ -251,7 +251,7 @@ def make_gifs(
     Returns: {"gifs": [paths], "sheet": path, "dims": [top dims], "activeness": [D] mean scores,
     "ranges": ([D] mins, [D] maxs)}.
     """
-    out_dir = Path(out_dir)
+    out_dir = ensure_writable_folder(out_dir, "output folder")  # before the minutes of inference
     ranges, samples, activeness = latent_activeness(
         model,
         objective,
