@@ -39,6 +39,9 @@ class FakeZenodo:
         self.files: dict[str, bytes] = {}
         self.checksums: dict[str, str] = {}  # key -> md5 announced in the record (default: the true md5)
         self.cut_once: dict[str, int] = {}  # key -> bytes sent before the connection is dropped (once)
+        self.hold_once: dict[
+            str, tuple[int, threading.Event]
+        ] = {}  # key -> (bytes sent, event awaited before the rest)
         self.corrupt_once: set[str] = set()
         self.corrupt_always: set[str] = set()
         self.status: dict[str, int] = {}  # path -> HTTP status to answer (always)
@@ -100,6 +103,7 @@ class FakeZenodo:
                         fake.corrupt_once.discard(key)
                         data = bytes([data[0] ^ 0xFF]) + data[1:]
                     cut = fake.cut_once.pop(key, None)
+                    hold = fake.hold_once.pop(key, None)
                 start = 0
                 rng = self.headers.get("Range")
                 if rng and rng.startswith("bytes=") and rng.endswith("-"):
@@ -117,6 +121,12 @@ class FakeZenodo:
                     self.wfile.flush()
                     self.close_connection = True
                     return
+                if hold is not None:  # a slow transfer: part now, the rest once the test says so
+                    sent, event = hold
+                    self.wfile.write(body[:sent])
+                    self.wfile.flush()
+                    event.wait(30)
+                    body = body[sent:]
                 self.wfile.write(body)
 
         return Handler
