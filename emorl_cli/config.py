@@ -143,8 +143,15 @@ class TrainingConfig(_Section):
     keep_checkpoints: int = Field(3, gt=0, description="How many newest checkpoints to keep.")
     log_every: int = Field(100, gt=0, description="Write scalars every this many steps.")
     image_every: int = Field(1000, gt=0, description="Write TensorBoard images every this many steps.")
-    mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="Accelerate mixed precision.")
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
+        "no",
+        description="Autocast precision of the step: no (float32), bf16, or fp16 (with dynamic loss scaling; "
+        "steps with inf/NaN gradients are skipped and counted).",
+    )
+    compile: bool = Field(
+        False, description="Wrap the encoder, decoder and refinement networks with torch.compile (slow first steps)."
+    )
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes (batches are pinned on a GPU).")
     seed: int = Field(1, description="Random seed of the run.")
 
     @field_validator("refinement_curriculum")

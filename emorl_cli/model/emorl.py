@@ -54,6 +54,11 @@ def reuse_is_safe(device_type: str) -> bool:
     return torch.get_autocast_dtype(device_type) == torch.bfloat16
 
 
+def _times(tensor: torch.Tensor, factor: float | torch.Tensor) -> torch.Tensor:
+    """tensor · factor in tensor's dtype, for a Python float or a 0-d tensor factor (a tensor GECO weight)."""
+    return tensor * (factor.to(tensor.dtype) if isinstance(factor, torch.Tensor) else factor)
+
+
 def stage_weight(stage: int, refinement_iters: int) -> float:
     """Weight (I+3−i)/(I+1) of stage i in the training loss (earlier stages weigh more)."""
     return (refinement_iters + 3 - stage) / (refinement_iters + 1)
@@ -171,7 +176,7 @@ class EfficientMORL(nn.Module):
             kl, refine_prior = self._stage0_kl(hierarchy, x, noise)  # [B]
             per_image = objective.per_image(nll, kl)  # ℓ_0 [B]
             total = stage_weight(0, iters) * per_image  # [B]
-            injected = injected + stage_weight(0, iters) * objective.nll_weight / b * injection
+            injected = injected + _times(injection, stage_weight(0, iters) * objective.nll_weight / b)
             trace = self._layer_records(bottom_up, means, mask_logprobs, b) if record else None
 
             hidden = self.refinenet.initial_state(b * k, lamda)  # [1, N, D]
@@ -190,7 +195,7 @@ class EfficientMORL(nn.Module):
                 kl = gaussian_kl(posterior, prior).view(b, k).sum(1)  # [B]
                 per_image = objective.per_image(nll, kl)  # ℓ_i [B]
                 total = total + stage_weight(step, iters) * per_image
-                injected = injected + stage_weight(step, iters) * objective.nll_weight / b * injection
+                injected = injected + _times(injection, stage_weight(step, iters) * objective.nll_weight / b)
                 if trace is not None:
                     trace.append(StageRecord("refinement", step, means.detach(), mask_logprobs.detach().exp()))
 

@@ -27,7 +27,7 @@ from emorl_cli.training.order import GlobalBatchOrder, StepBatchSampler
 from emorl_cli.training.progress import TrainingProgress
 from emorl_cli.training.run_logs import MetricsLog, TensorBoardLog
 from emorl_cli.training.rundir import RunDir
-from emorl_cli.training.step import NonFiniteLoss, StepRunner, make_accelerator
+from emorl_cli.training.step import NonFiniteLoss, Scalars, StepRunner, make_accelerator
 
 
 @dataclass
@@ -109,7 +109,8 @@ class Trainer:
     # ---------------------------------------------------------------------------------------- pieces
 
     def _batches(self) -> Iterator[dict[str, torch.Tensor]]:
-        """This process's batches from `start_step` on, loaded by `training.num_workers` workers."""
+        """This process's batches from `start_step` on, loaded by `training.num_workers` workers (pinned on a
+        GPU, so the copy to the device does not wait)."""
         steps = range(self.start_step, self.cfg.training.iters)
         runner = self.runner
         loader = DataLoader(
@@ -117,6 +118,7 @@ class Trainer:
             batch_sampler=StepBatchSampler(self.order, steps.start, steps.stop, runner.rank, runner.world),
             collate_fn=collate_batch,
             num_workers=self.cfg.training.num_workers,
+            pin_memory=runner.device.type == "cuda",
         )
         for step, batch in zip(steps, loader, strict=True):
             if self.record_ranks:
@@ -125,6 +127,7 @@ class Trainer:
             yield batch
 
     def _save(self, done: int) -> Path:
+        self.runner.check_finite()  # never save weights a non-finite loss has touched
         path = self.run_dir.checkpoint_path(done)
         if self.main:
             save_checkpoint(path, config=config_to_dict(self.cfg), step=done, rng=True, **self.runner.state_dict())
@@ -146,7 +149,7 @@ class Trainer:
         metrics = MetricsLog(self.run_dir.metrics)
         tb = TensorBoardLog(self.run_dir.tensorboard if self.main else None)
         started = time.perf_counter()
-        scalars: dict[str, float] = {}
+        scalars: Scalars = {}
         last = self.run_dir.latest_checkpoint()
         step = self.start_step - 1
         self.runner.model.train()
@@ -160,20 +163,24 @@ class Trainer:
             ) as progress:
                 for step, batch in zip(range(self.start_step, t.iters), self._batches(), strict=False):
                     images = batch["imgs"].to(self.runner.device, non_blocking=True)
-                    scalars = self.runner(step, images)
+                    scalars = self.runner(step, images)  # not read: the host does not wait for the device
                     done = step + 1
-                    if self.main and (step % t.log_every == 0 or done == t.iters):
-                        metrics.write(step, {**scalars, "seconds": time.perf_counter() - started})
-                        tb.scalars(step, scalars)
+                    logged = None
+                    if step % t.log_every == 0 or done == t.iters:
+                        logged = self.runner.read(scalars)  # on every process: all stop on a non-finite loss
+                        if self.main:
+                            metrics.write(step, {**logged, "seconds": time.perf_counter() - started})
+                            tb.scalars(step, logged)
                     if self.main and step % t.image_every == 0:
                         self._log_images(step, images, tb)
-                    progress.update(step, scalars["loss"])
+                    progress.update(step, logged["loss"] if logged else None)
                     if done % t.checkpoint_every == 0 or done == t.iters:
                         last = self._save(done)
                     if self._out_of_time(started):
                         break
             if last != self.run_dir.checkpoint_path(step + 1):  # stopped early, or nothing to do
                 last = self._save(step + 1)
+            final = self.runner.read(scalars) if scalars else {}
         except NonFiniteLoss as exc:
             keep = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
             raise TrainingError(f"{exc}; stopped, {keep}; lower training.lr or check the data") from None
@@ -192,13 +199,15 @@ class Trainer:
             steps=step + 1 - self.start_step,
             last_checkpoint=last,
             seconds=time.perf_counter() - started,
-            final_scalars=scalars,
+            final_scalars=final,
         )
 
     def _out_of_time(self, started: float) -> bool:
         """True when a time budget is set and spent (every process agrees, so all stop at the same step)."""
         if self.max_seconds is None:
             return False
+        if self.runner.world == 1:
+            return time.perf_counter() - started >= self.max_seconds
         spent = torch.tensor(float(time.perf_counter() - started >= self.max_seconds), device=self.runner.device)
         if self.runner.world > 1:
             spent = self.accelerator.reduce(spent, reduction="sum")

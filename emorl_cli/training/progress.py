@@ -18,6 +18,7 @@ class TrainingProgress:
         self._progress: Progress | None = None
         self._task = None
         self._t0 = time.perf_counter()
+        self._loss = float("nan")
 
     def __enter__(self) -> TrainingProgress:
         if self.enabled and self.interactive:
@@ -37,10 +38,14 @@ class TrainingProgress:
         if self._progress is not None:
             self._progress.__exit__(*exc)
 
-    def update(self, step: int, loss: float) -> None:
-        """Report that `step` (0-based) finished with this loss."""
+    def update(self, step: int, loss: float | None) -> None:
+        """Report that `step` (0-based) finished, with its loss at log steps (None elsewhere: the loss shown
+        stays the last logged one, so the display never waits for the device)."""
         if not self.enabled:
             return
+        if loss is None:
+            loss = self._loss
+        self._loss = loss
         done = step + 1
         elapsed = time.perf_counter() - self._t0
         rate = (done - self.start) / elapsed if elapsed > 0 else 0.0
