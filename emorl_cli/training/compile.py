@@ -11,20 +11,22 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
 from emorl_cli.errors import TrainingError
 
 COMPILED_NETWORKS = ("encoder_pt_1", "encoder_pt_2", "image_decoder", "refinenet")
+BACKEND: Any = "inductor"  # torch.compile's default; the tests use the quick "aot_eager"
 
 
-def compile_networks(model: torch.nn.Module, backend: str = "inductor") -> list[str]:
+def compile_networks(model: torch.nn.Module, backend: Any = None) -> list[str]:
     """Compile the networks of `model` named in COMPILED_NETWORKS in place; returns their full names."""
     names = []
     for name, module in model.named_modules():
         if name.rsplit(".", 1)[-1] in COMPILED_NETWORKS:
-            module.compile(backend=backend)
+            module.compile(backend=backend or BACKEND)
             names.append(name)
     return names
 
@@ -47,8 +49,9 @@ def compile_errors(enabled: bool) -> Iterator[None]:
     except Exception as exc:
         if not _from_compiler(exc):
             raise
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        cause = getattr(exc, "inner_exception", None) or exc.__cause__ or exc  # what the compiler raised
+        first = (str(cause).strip().splitlines() or [""])[0][:300]
         raise TrainingError(
-            f"training.compile=true: torch.compile failed ({type(exc).__name__}: {first}); "
+            f"training.compile=true: torch.compile failed ({type(cause).__name__}: {first}); "
             "set training.compile=false to train without it"
         ) from None

@@ -24,6 +24,7 @@ from emorl_cli.errors import TrainingError
 from emorl_cli.files import atomic_write_json, atomic_write_text
 from emorl_cli.training.images import training_figure
 from emorl_cli.training.order import GlobalBatchOrder, StepBatchSampler
+from emorl_cli.training.precision import check_supported
 from emorl_cli.training.progress import TrainingProgress
 from emorl_cli.training.run_logs import MetricsLog, TensorBoardLog
 from emorl_cli.training.rundir import RunDir
@@ -61,6 +62,7 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = RunDir(Path(run_dir))
         self.accelerator = make_accelerator(cfg.training.mixed_precision, cpu=cpu)
+        check_supported(cfg.training.mixed_precision, self.accelerator.device)
         self.main = self.accelerator.is_main_process
         self.show_progress, self.interactive, self.record_ranks = show_progress, interactive, record_ranks
         self.max_seconds = max_seconds

@@ -165,16 +165,15 @@ class StepRunner:
     def read(self, scalars: Scalars) -> dict[str, float]:
         """A step's scalars on the host (one wait for the device), after `check_finite`."""
         self.check_finite()
-        names = [name for name, value in scalars.items() if isinstance(value, torch.Tensor)]
-        values = dict(zip(names, torch.stack([scalars[n].detach().double() for n in names]).tolist())) if names else {}
+        tensors = {name: value for name, value in scalars.items() if isinstance(value, torch.Tensor)}
+        host = torch.stack([v.detach().double() for v in tensors.values()]).tolist() if tensors else []
+        values = dict(zip(tensors, host, strict=True))
         out: dict[str, float] = {}
         for name, value in scalars.items():
             if not isinstance(value, torch.Tensor):
                 out[name] = float(value)
-            elif value.dtype.is_floating_point:
-                out[name] = values[name]
-            else:
-                out[name] = int(values[name])
+            else:  # float32/bf16 values are exact in float64; counters stay integers
+                out[name] = values[name] if value.dtype.is_floating_point else int(values[name])
         return out
 
 
