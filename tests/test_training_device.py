@@ -92,28 +92,28 @@ def test_the_loop_reads_the_device_only_at_log_checkpoint_and_image_steps(host_r
     assert lines == [0, 3, 6, 7]
 
 
-def test_the_nan_guard_stops_at_the_next_read_and_never_saves_touched_weights(cli, synth_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("checkpoint_every", "kept", "named"),
+    [
+        (3, [3], "step_0000003.pt"),  # the checkpoint after step 5 would hold NaN weights: it stops there
+        (100, [], "no checkpoint was written yet"),  # no checkpoint in the interval: the log step 8 stops it
+    ],
+)
+def test_the_nan_guard_stops_at_the_next_read_and_never_saves_touched_weights(
+    cli, synth_dir, tmp_path, monkeypatch, checkpoint_every, kept, named
+):
     # lr NaN from step 4: step 4's update makes the weights NaN, step 5's loss is the first non-finite one
     original = step_module.lr_factor
     monkeypatch.setattr(step_module, "lr_factor", lambda s, *a: float("nan") if s >= 4 else original(s, *a))
     run = tmp_path / "run"
-    overrides = [*TINY, "training.iters=12", "training.log_every=4", "training.checkpoint_every=3"]
+    overrides = [*TINY, "training.iters=12", "training.log_every=4", f"training.checkpoint_every={checkpoint_every}"]
     result = cli("train", "demo", "--data-dir", synth_dir, "--out", run, *set_options(*overrides))
     assert result.exit_code == 1
-    # the checkpoint after step 5 would hold NaN weights: the guard stops there and names step 3's
-    assert "at step 5" in result.output and "step_0000003.pt" in result.output
-    assert [s for s, _ in RunDir(run).list_checkpoints()] == [3]
-    assert all(torch.isfinite(t).all() for t in load_checkpoint(RunDir(run).latest_checkpoint())["model"].values())
+    assert "at step 5" in result.output and named in result.output
+    assert [s for s, _ in RunDir(run).list_checkpoints()] == kept
+    for _, path in RunDir(run).list_checkpoints():
+        assert all(torch.isfinite(t).all() for t in load_checkpoint(path)["model"].values())
     assert [json.loads(line)["step"] for line in RunDir(run).metrics.read_text().splitlines()] == [0, 4]
-
-    # without a checkpoint in the interval, the next log step stops the run
-    monkeypatch.setattr(step_module, "lr_factor", lambda s, *a: float("nan") if s >= 4 else original(s, *a))
-    other = tmp_path / "other"
-    overrides = [*TINY, "training.iters=12", "training.log_every=4", "training.checkpoint_every=100"]
-    result = cli("train", "demo", "--data-dir", synth_dir, "--out", other, *set_options(*overrides))
-    assert result.exit_code == 1
-    assert "at step 5" in result.output and "no checkpoint was written yet" in result.output
-    assert [json.loads(line)["step"] for line in RunDir(other).metrics.read_text().splitlines()] == [0, 4]
 
 
 def test_data_loader_workers_give_the_same_run(synth_dir, tmp_path):

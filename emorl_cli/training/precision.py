@@ -9,8 +9,9 @@
           Adam update, no GECO update) and S is halved; after 2000 good steps in a row S doubles.
 
 Under fp16 the optimizer is Adam's fused kernel, which reads the scaler's found-inf flag on the device:
-skipping a step then needs no read of the device by the host. Autocast is torch's own on every device
-(fp16 autocast runs on the CPU too, which the tests use).
+skipping a step then needs no read of the device by the host. Autocast is torch's own on every device.
+`emorl train` refuses fp16 on a CPU (`check_supported`); `Precision` itself works there, which the tests
+use with small images.
 """
 
 from __future__ import annotations
