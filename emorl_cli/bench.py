@@ -126,7 +126,8 @@ def bench_train(
 
     The first warm-up step's time is reported as `first_step_seconds` (with training.compile it includes
     compiling). `seconds` caps the time spent on timed steps (see `_time`); `count=False` skips the FLOP
-    count and the matrix-product reference.
+    count and the matrix-product reference (always skipped with training.compile: the arithmetic is the
+    same, and counting under torch's dispatch mode would compile again).
     """
     from emorl_cli.training.precision import check_supported
     from emorl_cli.training.step import StepRunner, make_accelerator
@@ -150,7 +151,7 @@ def bench_train(
     if cfg.training.compile:
         extra["compile"] = True
     result = _result("train", cfg, name, batch_size, times, runner.device, extra)
-    if not count:
+    if not count or cfg.training.compile:
         return result
     flops = count_flops(lambda: runner(step_at, images))  # one more, untimed step
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.training.mixed_precision, torch.float32)
