@@ -135,3 +135,11 @@ def test_bench_suite_options_are_checked(cli):
     assert "--suite must be gpu" in cli("bench", "--suite", "tpu").output
     result = cli("bench", "demo", "--dry-run")
     assert result.exit_code == 1 and "--suite gpu" in result.output
+
+
+def test_compile_items_run_in_a_child_process_bounded_by_the_time_left():
+    overrides = [*TINY, "training.compile=false"]
+    figures = gpu_check.bench_in_subprocess("demo", overrides, batch_size=2, steps=2, timeout=120)
+    assert figures["mode"] == "train" and figures["batch_size"] == 2 and figures["extra"]["timed_steps"] == 2
+    with pytest.raises(gpu_check.EmorlError, match="did not finish in 1 s; measure it alone: emorl bench demo"):
+        gpu_check.bench_in_subprocess("demo", overrides, batch_size=2, steps=2, timeout=1)
