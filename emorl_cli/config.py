@@ -146,6 +146,19 @@ class TrainingConfig(_Section):
     mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="Accelerate mixed precision.")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
     seed: int = Field(1, description="Random seed of the run.")
+    eval_every: int = Field(
+        0,
+        ge=0,
+        description="Evaluate on eval.num_images test images every this many steps and at the end (FG-ARI, "
+        "ARI, MSE, KL as `emorl eval ari`; rows in metrics.jsonl, eval/* in TensorBoard, checkpoints/best.pt); "
+        "0 turns it off.",
+    )
+    max_minutes: Optional[float] = Field(
+        None,
+        gt=0,
+        description="Wall-clock budget of the run in minutes, summed over resumes (evaluation included); "
+        "training stops at whichever comes first, this or `iters`. null: no budget.",
+    )
 
     @field_validator("refinement_curriculum")
     @classmethod
@@ -163,6 +176,13 @@ class TrainingConfig(_Section):
     @classmethod
     def _yaml_no(cls, v: Any) -> Any:
         return "no" if v is False else v  # YAML reads an unquoted `no` as false
+
+    @field_validator("max_minutes")
+    @classmethod
+    def _finite_budget(cls, v: Optional[float]) -> Optional[float]:
+        if v is not None and not math.isfinite(v):
+            raise ValueError(f"must be a finite number of minutes or null, got {v}")
+        return v
 
     @field_validator("clip_grad_norm")
     @classmethod

@@ -18,7 +18,7 @@ import torch
 from emorl_cli import __version__
 from emorl_cli.config import config_to_dict
 from emorl_cli.data.dataset import H5Dataset
-from emorl_cli.evaluate.runner import METRICS, evaluate_ari
+from emorl_cli.evaluate.runner import METRICS, evaluate_ari, model_device
 from emorl_cli.evaluate.session import LoadedModel, batches_of, file_sha256, shard_indices
 from emorl_cli.files import atomic_write_json, atomic_write_text
 
@@ -100,22 +100,32 @@ def run_ari_eval(
     out_dir: Optional[Path],
     accelerator: Any = None,
     progress: Optional[Callable[[int], None]] = None,
+    require_masks: bool = True,
 ) -> AriReport:
-    """Evaluate FG-ARI, ARI, MSE, KL and NLL per image; with `accelerator`, shard over its processes."""
+    """Evaluate FG-ARI, ARI, MSE, KL and NLL per image; with `accelerator`, shard over its processes.
+
+    The posterior samples are seeded with `seed + rank`, inside a forked RNG: the caller's random state is
+    left as it was (training evaluates this way between steps). With `require_masks` False a split without
+    masks is scored without ARI.
+    """
     rank = accelerator.process_index if accelerator is not None else 0
     world = accelerator.num_processes if accelerator is not None else 1
-    torch.manual_seed(seed + rank)
     iters = loaded.refinement_iters(refinement_iters)
     indices = shard_indices(len(dataset), num_images, rank, world)
     started = time.perf_counter()
-    records = evaluate_ari(
-        loaded.model,
-        loaded.objective(),
-        batches_of(dataset, indices, batch_size),
-        refinement_iters=iters,
-        samples=samples,
-        progress=progress,
-    )
+    device = model_device(loaded.model)
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed + rank)
+        records = evaluate_ari(
+            loaded.model,
+            loaded.objective(),
+            batches_of(dataset, indices, batch_size),
+            refinement_iters=iters,
+            samples=samples,
+            progress=progress,
+            require_masks=require_masks,
+        )
     if world > 1:
         from accelerate.utils import gather_object
 

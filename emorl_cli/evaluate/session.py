@@ -29,7 +29,7 @@ class LoadedModel:
     model: torch.nn.Module
     cfg: Config
     geco_state: Optional[dict[str, Any]]
-    checkpoint: Path
+    checkpoint: Optional[Path]  # None for a model in memory (evaluation during training)
 
     def objective(self) -> Optional[Objective]:
         """The original evaluation's objective: GECO-weighted when the run used GECO, else the ELBO; the
