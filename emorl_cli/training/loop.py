@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from emorl_cli.checkpoint import load_checkpoint, save_checkpoint
 from emorl_cli.config import Config, config_to_dict
-from emorl_cli.data.dataset import collate_batch, open_split
+from emorl_cli.data.dataset import check_slots_cover_entities, collate_batch, open_split
 from emorl_cli.errors import TrainingError
 from emorl_cli.files import atomic_write_json, atomic_write_text
 from emorl_cli.training.images import training_figure
@@ -65,6 +65,7 @@ class Trainer:
         self.show_progress, self.interactive, self.record_ranks = show_progress, interactive, record_ranks
         self.max_seconds = max_seconds
         self.dataset = open_split(cfg.data, "train", data_dir, load_masks=False, load_factors=False)
+        check_slots_cover_entities(self.dataset, cfg.model.K, cfg.data.dataset)
         self.order = GlobalBatchOrder(len(self.dataset), cfg.training.batch_size, cfg.training.seed)
         self.runner = StepRunner(cfg, self.accelerator)
         self.start_step = self._resume() if resume else self._fresh()
