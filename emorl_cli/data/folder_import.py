@@ -142,8 +142,8 @@ def nearest_indices(start: int, length: int, size: int) -> np.ndarray:
 def prepare_image(picture: Image.Image, size: int) -> np.ndarray:
     """Any picture → uint8 [size, size, 3]: RGB, centre square crop, bicubic resize (transparency dropped)."""
     rgb = picture.convert("RGB")
-    box = square_box(*rgb.size)
-    return np.asarray(rgb.resize((size, size), Image.Resampling.BICUBIC, box=box), dtype=np.uint8)
+    square = rgb.crop(square_box(*rgb.size))  # cropped first: the filter sees no pixel outside the square
+    return np.asarray(square.resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
 
 
 def label_array(picture: Image.Image, path: Path) -> np.ndarray:
@@ -289,11 +289,11 @@ def import_folder(
         if labels is not None:
             entities = int(labels.max()) + 1
             for split, idx in groups.items():
-                stored = handle[split].create_dataset(
-                    "masks", (len(idx), entities, size, size, 1), dtype=np.uint8
-                )
+                stored = handle[split].create_dataset("masks", (len(idx), entities, size, size, 1), dtype=np.uint8)
                 for start in range(0, len(idx), MASK_CHUNK):
-                    stored[start : start + MASK_CHUNK] = one_hot_masks(labels[idx[start : start + MASK_CHUNK]], entities)
+                    stored[start : start + MASK_CHUNK] = one_hot_masks(
+                        labels[idx[start : start + MASK_CHUNK]], entities
+                    )
             handle.attrs["entities"] = entities
         handle.attrs["written_by"] = "emorl data import"
         handle.attrs["image_size"] = size
