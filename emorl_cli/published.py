@@ -17,8 +17,8 @@ from typing import Optional
 
 from emorl_cli.data.manifest import Manifest, git_blob_id, md5_file
 from emorl_cli.data.progress import NullProgress, Progress
-from emorl_cli.data.zenodo import FetchOptions, RemoteFile, download_verified
-from emorl_cli.errors import DownloadError, InputError
+from emorl_cli.data.zenodo import FetchOptions, RemoteFile, download_verified, make_destination
+from emorl_cli.errors import InputError
 
 ORIGINAL_REPOSITORY = "pemami4911/EfficientMORL"
 # The original's newest commit; both checkpoints are unchanged since they were added.
@@ -135,11 +135,7 @@ def fetch_model(
     """
     model = published_model(name, models)
     progress = progress or NullProgress()
-    dest = Path(dest)
-    try:
-        dest.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DownloadError(f"cannot create the destination folder {dest} ({exc.strerror or exc})") from None
+    dest = make_destination(dest)
     manifest = Manifest.load(dest)
     final = dest / model.file_name
     source = f"github:{ORIGINAL_REPOSITORY}/{model.path}"

@@ -389,6 +389,16 @@ def _download_verified(
     raise AssertionError("unreachable")
 
 
+def make_destination(dest: Path) -> Path:
+    """Create the download folder `dest` (and its parents); a failure is a `DownloadError` naming it."""
+    dest = Path(dest)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DownloadError(f"cannot create the destination folder {dest} ({exc.strerror or exc})") from None
+    return dest
+
+
 def download_verified(
     rf: RemoteFile,
     dest: Path,
@@ -558,11 +568,7 @@ def fetch_zenodo(
     """
     opts = opts or FetchOptions()
     progress = progress or NullProgress()
-    dest = Path(dest)
-    try:
-        dest.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DownloadError(f"cannot create the destination folder {dest} ({exc.strerror or exc})") from None
+    dest = make_destination(dest)
     source = f"zenodo:{opts.record}"
     files = _select(list_record_files(opts, sleep), opts.only, opts.record)
     for rf in files:
