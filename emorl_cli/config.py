@@ -17,6 +17,8 @@ from emorl_cli.errors import ConfigError
 
 # Number of mask entities (background included) in each known dataset's ground truth.
 DATASET_ENTITIES = {"tetrominoes": 4, "multi_dsprites": 6, "clevr6": 7, "clevr6_128": 11}
+# A dataset written by `emorl data import`: its entity count is whatever the file holds (checked when opened).
+CUSTOM_DATASET = "custom"
 # CLEVR crop box (left, top, right, bottom) used by the paper: 192x192 from the 240x320 frame.
 CLEVR_CROP_BOX = (64, 29, 256, 221)
 # Image sizes the "big" decoder produces: four stride-2 transposed convolutions from a 6x6 grid.
@@ -30,8 +32,9 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     """Where the images come from and how they are prepared."""
 
-    dataset: Literal["tetrominoes", "multi_dsprites", "clevr6", "clevr6_128"] = Field(
-        description="Dataset name; fixes the number of ground-truth mask entities and the factor kinds."
+    dataset: Literal["tetrominoes", "multi_dsprites", "clevr6", "clevr6_128", "custom"] = Field(
+        description="Dataset name; fixes the number of ground-truth mask entities and the factor kinds "
+        "('custom': a file from `emorl data import`, whose masks say how many entities there are)."
     )
     data_dir: Path = Field(Path("data"), description="Folder holding the .h5 files (`emorl data fetch` writes there).")
     train_file: str = Field(description="Training .h5 file name inside data_dir (group `train`).")
@@ -220,8 +223,8 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
-        entities = DATASET_ENTITIES[self.data.dataset]
-        if self.model.K < entities:
+        entities = DATASET_ENTITIES.get(self.data.dataset)  # None: known only from the file (custom)
+        if entities is not None and self.model.K < entities:
             raise ValueError(
                 f"model.K={self.model.K} is smaller than the {entities} entities (background included) of "
                 f"data.dataset='{self.data.dataset}'; set model.K ≥ {entities}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -104,9 +105,16 @@ def test_resumed_run_evaluates_exactly_as_an_uninterrupted_one(five_steps, synth
 
 
 def test_without_masks_the_best_checkpoint_is_the_lowest_test_loss(synth_dir, tmp_path):
+    import h5py
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    shutil.copy(synth_dir / "tetrominoes.h5", folder / "tetrominoes.h5")
+    with h5py.File(synth_dir / "tetrominoes_test.h5") as source, h5py.File(folder / "tetrominoes_test.h5", "w") as f:
+        f.create_dataset("test/imgs", data=source["test/imgs"][:])  # no masks
     run = RunDir(tmp_path / "nomasks")
-    cfg = tiny_config("training.iters=4", "training.checkpoint_every=1", "data.load_masks=false", *EVAL)
-    train(cfg, run.root, data_dir=synth_dir, show_progress=False)
+    cfg = tiny_config("training.iters=4", "training.checkpoint_every=1", *EVAL)
+    train(cfg, run.root, data_dir=folder, show_progress=False)
     rows = eval_rows(run.metrics)
     assert rows and all("fg_ari" not in r and "loss" in r for r in rows)
     best_step = rows[int(np.argmin([r["loss"] for r in rows]))]["step"]

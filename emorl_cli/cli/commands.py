@@ -7,6 +7,7 @@ from emorl_cli.cli import (
     demo_cmd,
     eval_cmd,
     experiments_cmd,
+    models_cmd,
     pictures_cmd,
     train_cmd,
 )
@@ -23,3 +24,4 @@ app.command("sweep")(experiments_cmd.sweep)
 app.command("report")(experiments_cmd.report)
 app.command("bench")(bench_cmd.bench)
 app.add_typer(config_cmd.app, name="config", help="Show, validate and convert configs.")
+app.add_typer(models_cmd.app, name="models", help="List and download the published EfficientMORL checkpoints.")

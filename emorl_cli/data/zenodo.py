@@ -39,7 +39,7 @@ from typing import Any, Optional
 import h5py
 
 from emorl_cli import __version__
-from emorl_cli.data.manifest import HASH_CHUNK, Manifest, md5_file, safe_relative
+from emorl_cli.data.manifest import HASH_CHUNK, Manifest, git_blob_id, md5_file, safe_relative
 from emorl_cli.data.progress import NullProgress, Progress, human_bytes
 from emorl_cli.data.registry import ZENODO_BASE_URL, ZENODO_RECORD_ID
 from emorl_cli.errors import DownloadError
@@ -52,12 +52,14 @@ MAX_BACKOFF_S = 60.0
 
 @dataclass(frozen=True)
 class RemoteFile:
-    """One file of a Zenodo record."""
+    """One file to download: a Zenodo record's, or any file whose checksum is known (`git_blob`: its git
+    object id, checked after the download)."""
 
     key: str
     size: Optional[int]
     md5: Optional[str]
     url: str
+    git_blob: Optional[str] = None
 
     @property
     def is_zip(self) -> bool:
@@ -142,7 +144,7 @@ def _open(url: str, timeout: float, headers: Optional[dict[str, str]] = None) ->
             raise _Transient(text, status=exc.code) from None
         if exc.code == 404:
             raise DownloadError(
-                f"{text}; the record or file does not exist there — check --record and --base-url"
+                f"{text}; nothing exists at that address — check --base-url (and --record for Zenodo)"
             ) from None
         raise DownloadError(f"{text}; check --record and --base-url, or try again later") from None
     except urllib.error.URLError as exc:
@@ -363,22 +365,56 @@ def _download_verified(
         got = part.digest.hexdigest()
         size_ok = rf.size is None or part.size == rf.size
         md5_ok = rf.md5 is None or got == rf.md5
+        blob = git_blob_id(part_path) if rf.git_blob is not None and size_ok and md5_ok else None
         bad = final.with_name(final.name + ".bad")
-        if size_ok and md5_ok:
+        if size_ok and md5_ok and blob == rf.git_blob:
             os.replace(part_path, final)
             bad.unlink(missing_ok=True)  # a copy set aside by the first round is no longer needed
             return got, refetched
         os.replace(part_path, bad)
-        problem = f"size {part.size:,} bytes, expected {rf.size:,}" if not size_ok else f"md5 {got}, expected {rf.md5}"
+        if not size_ok:
+            problem = f"size {part.size:,} bytes, expected {rf.size:,}"
+        elif not md5_ok:
+            problem = f"md5 {got}, expected {rf.md5}"
+        else:
+            problem = f"git blob id {blob}, expected {rf.git_blob}"
         if round_ == 1:
             progress.note(f"{rf.key}: checksum mismatch ({problem}); moved aside to {bad.name}, fetching it again")
             refetched = True
             continue
         raise DownloadError(
             f"checksum mismatch for {rf.key} again after a fresh download ({problem}); the bad copy is at {bad} — "
-            "the record or a proxy serves a damaged file, try again later"
+            "the server or a proxy serves a damaged file, try again later"
         )
     raise AssertionError("unreachable")
+
+
+def make_destination(dest: Path) -> Path:
+    """Create the download folder `dest` (and its parents); a failure is a `DownloadError` naming it."""
+    dest = Path(dest)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DownloadError(f"cannot create the destination folder {dest} ({exc.strerror or exc})") from None
+    return dest
+
+
+def download_verified(
+    rf: RemoteFile,
+    dest: Path,
+    opts: Optional[FetchOptions] = None,
+    progress: Optional[Progress] = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> tuple[str, bool]:
+    """Download one file to `dest/rf.key` with the guarantees of `fetch_zenodo`: resumed from `NAME.part`,
+    retried with backoff, checked (size, md5, git blob id — whichever `rf` knows), renamed into place only when
+    it matches, else moved aside to `NAME.bad` and fetched once more. Returns (md5 of the file, refetched).
+
+    Raises:
+        DownloadError: network/HTTP failure after the retries, a checksum mismatch twice, a full disk.
+    """
+    _check_url(rf.url)
+    return _download_verified(rf, Path(dest), opts or FetchOptions(), progress or NullProgress(), sleep)
 
 
 # --------------------------------------------------------------------------------------------- zip
@@ -532,11 +568,7 @@ def fetch_zenodo(
     """
     opts = opts or FetchOptions()
     progress = progress or NullProgress()
-    dest = Path(dest)
-    try:
-        dest.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DownloadError(f"cannot create the destination folder {dest} ({exc.strerror or exc})") from None
+    dest = make_destination(dest)
     source = f"zenodo:{opts.record}"
     files = _select(list_record_files(opts, sleep), opts.only, opts.record)
     for rf in files:

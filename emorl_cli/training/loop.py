@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from emorl_cli.checkpoint import load_checkpoint, save_checkpoint
 from emorl_cli.config import Config, config_to_dict
-from emorl_cli.data.dataset import collate_batch, open_split
+from emorl_cli.data.dataset import check_slots_cover_entities, collate_batch, open_split
 from emorl_cli.errors import TrainingError
 from emorl_cli.files import atomic_write_json, atomic_write_text
 from emorl_cli.training.images import training_figure
@@ -74,6 +74,7 @@ class Trainer:
         self.max_seconds = max_seconds if max_seconds is not None else (minutes * 60.0 if minutes else None)
         self.seconds_before = 0.0  # wall time of the run before this session (resumed runs)
         self.dataset = open_split(cfg.data, "train", data_dir, load_masks=False, load_factors=False)
+        check_slots_cover_entities(self.dataset, cfg.model.K, cfg.data.dataset)
         self.order = GlobalBatchOrder(len(self.dataset), cfg.training.batch_size, cfg.training.seed)
         self.runner = StepRunner(cfg, self.accelerator)
         self.evaluation = PeriodicEvaluation(cfg, data_dir, self.run_dir.checkpoints / BEST_NAME, self.accelerator)

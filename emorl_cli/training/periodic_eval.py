@@ -7,7 +7,7 @@ seeded by (training.seed, rank) in a forked RNG, so the training run itself is u
 Under N processes each evaluates its share and the records are gathered once.
 
 The best weights so far are kept as `checkpoints/best.pt`: highest FG-ARI, or lowest test loss (NLL + KL)
-where the test split has no masks. best.pt is written only by the main process, beside the step
+where the test file has no ground-truth masks. best.pt is written only by the main process, beside the step
 checkpoints (whose names it does not share, so it is never pruned nor resumed from).
 """
 
@@ -21,9 +21,8 @@ from typing import Any, Optional
 
 from emorl_cli.checkpoint import load_checkpoint, save_checkpoint
 from emorl_cli.config import Config, config_to_dict
-from emorl_cli.data.dataset import open_split
 from emorl_cli.evaluate.ari_report import run_ari_eval
-from emorl_cli.evaluate.session import LoadedModel
+from emorl_cli.evaluate.session import LoadedModel, open_eval_split
 from emorl_cli.training.run_logs import EVAL_SPLIT
 
 BEST_NAME = "best.pt"
@@ -72,7 +71,7 @@ class PeriodicEvaluation:
         self.dataset = None
         self.rule = BestRule("fg_ari", True)
         if self.every:
-            self.dataset = open_split(cfg.data, "test", data_dir, load_masks=cfg.data.load_masks, load_factors=False)
+            self.dataset = open_eval_split(cfg, data_dir=data_dir, load_factors=False, need_masks=False)
             if not self.dataset.load_masks:
                 self.rule = BestRule("loss", False)
         self.best: Optional[float] = None
