@@ -240,3 +240,13 @@ def test_report_refuses_folders_without_runs(cli, tmp_path):
     fake_run(tmp_path / "only", 1, 7e-4, [])
     result = cli("report", tmp_path / "only")
     assert result.exit_code == 1 and "nothing to report" in result.output
+
+
+def test_runs_from_before_a_config_field_existed_compare_with_its_default(tmp_path):
+    old = fake_run(tmp_path / "old", 1, 7e-4, [0.5])
+    raw = yaml.safe_load((old / "config.yaml").read_text())
+    del raw["model"]["encoder_width"]  # written by a version without the field
+    (old / "config.yaml").write_text(yaml.safe_dump(raw))
+    fake_run(tmp_path / "new", 2, 7e-4, [0.7])
+    report = build_report([tmp_path])
+    assert [s.label for s in report.settings] == ["all runs"] and len(report.settings[0].runs) == 2

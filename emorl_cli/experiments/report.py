@@ -22,7 +22,8 @@ from typing import Any, Optional
 import numpy as np
 import yaml
 
-from emorl_cli.errors import InputError
+from emorl_cli.config import config_from_dict, config_to_dict
+from emorl_cli.errors import EmorlError, InputError
 from emorl_cli.experiments.sweep import short_keys
 from emorl_cli.training.run_logs import eval_rows
 from emorl_cli.training.rundir import RunDir
@@ -143,12 +144,18 @@ def find_runs(paths: list[Path]) -> list[Path]:
 
 
 def read_run(folder: Path) -> RunFigures:
+    """A run's config (fields it predates filled with today's defaults, so that runs of different emorl
+    versions compare field by field) and its evaluation rows."""
     run = RunDir(folder)
     try:
-        config = yaml.safe_load(run.config.read_text())
+        config = yaml.safe_load(run.config.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise InputError(f"cannot read {run.config} ({exc}); is it a run folder?") from None
-    return RunFigures(folder=folder, config=flatten(config or {}), rows=eval_rows(run.metrics))
+    try:
+        config = config_to_dict(config_from_dict(config, source=str(run.config)))
+    except EmorlError:
+        pass  # not a config this version validates: compare what it holds
+    return RunFigures(folder=folder, config=flatten(config), rows=eval_rows(run.metrics))
 
 
 def _label(values: dict[str, Any], short: dict[str, str]) -> str:
