@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from emorl_cli.cli.app import app
-from emorl_cli.data import zenodo
+from emorl_cli.data import download, zenodo
 from emorl_cli.data.manifest import Manifest
 from emorl_cli.data.registry import MANIFEST_NAME
 from emorl_cli.errors import DownloadError
@@ -349,7 +349,7 @@ def test_disk_full_keeps_the_part_and_says_so(fake, tmp_path, monkeypatch):
         handle = real_open(path, mode, *args, **kwargs)
         return FullDisk(handle) if "a" in mode or "w" in mode else handle
 
-    monkeypatch.setattr(zenodo, "open", fake_open, raising=False)
+    monkeypatch.setattr(download, "open", fake_open, raising=False)
     result = fetch(fake, tmp_path)
     assert result.exit_code == 1
     assert "disk full" in one_line_error(result)
@@ -359,7 +359,7 @@ def test_disk_full_keeps_the_part_and_says_so(fake, tmp_path, monkeypatch):
 
 def test_not_enough_free_space_is_reported_before_downloading(fake, tmp_path, monkeypatch):
     fake.files = {"a.h5": payload(10_000, 11)}
-    monkeypatch.setattr(zenodo.shutil, "disk_usage", lambda p: type("U", (), {"free": 100})())
+    monkeypatch.setattr(download.shutil, "disk_usage", lambda p: type("U", (), {"free": 100})())
     result = fetch(fake, tmp_path)
     assert result.exit_code == 1
     assert "not enough disk space" in one_line_error(result)
