@@ -384,7 +384,8 @@ def open_split(
     load_masks: Optional[bool] = None,
     load_factors: Optional[bool] = None,
 ) -> H5Dataset:
-    """The Dataset for one split of a config's data, validated against the config.
+    """The Dataset for one split of a config's data, validated against the config (ClevrTex: a
+    `ClevrTexDataset`, which gives the same batches).
 
     Args:
         data_cfg: the `data` section (file names, image size, CLEVR crop, masks/factors, in_memory).
@@ -396,6 +397,12 @@ def open_split(
         DataError: the file is missing, unreadable, not in the layout, or its image size differs from
             `data.image_size`.
     """
+    if data_cfg.dataset == "clevrtex":  # PNG folders, not .h5: a `ClevrTexDataset` with the same batches
+        from emorl_cli.data.clevrtex import open_clevrtex_split
+
+        return open_clevrtex_split(  # type: ignore[return-value]
+            data_cfg, split, data_dir, in_memory=in_memory, load_masks=load_masks, load_factors=load_factors
+        )
     path = resolve_split_path(data_cfg, split, data_dir)
     return H5Dataset(
         path,

@@ -88,6 +88,7 @@ class FetchResult:
     skipped: list[str] = field(default_factory=list)
     refetched: list[str] = field(default_factory=list)
     extracted: list[str] = field(default_factory=list)
+    unpacked: dict[str, int] = field(default_factory=dict)  # archive → how many files it unpacked
     h5_folders: list[Path] = field(default_factory=list)
 
     @property
@@ -455,4 +456,5 @@ def fetch_files(
             manifest.save()
             archive_path.unlink()
             result.extracted += members
+            result.unpacked[rf.key] = len(members)
     return result

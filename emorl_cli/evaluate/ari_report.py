@@ -7,7 +7,7 @@ import io
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -39,7 +39,7 @@ class AriReport:
     seconds: float
 
 
-def per_image_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def per_image_rows(records: list[dict[str, Any]], metrics: Sequence[str] = METRICS) -> list[dict[str, Any]]:
     """Group (image, sample) records by image: each metric's mean and std over samples, sorted by index."""
     grouped: dict[int, list[dict[str, Any]]] = defaultdict(list)
     seen: set[tuple[int, int]] = set()
@@ -51,7 +51,7 @@ def per_image_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for index in sorted(grouped):
         row: dict[str, Any] = {"index": index, "samples": len(grouped[index])}
-        for metric in METRICS:
+        for metric in metrics:
             values = [r[metric] for r in grouped[index] if r.get(metric) is not None]
             if values:
                 row[metric] = float(np.mean(values))
@@ -60,10 +60,10 @@ def per_image_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+def summarize(rows: list[dict[str, Any]], metrics: Sequence[str] = METRICS) -> dict[str, dict[str, float]]:
     """metric → mean, std (over images, NaNs skipped), n, and sample_std (mean per-image std over samples)."""
     summary = {}
-    for metric in METRICS:
+    for metric in metrics:
         values = np.array([r[metric] for r in rows if metric in r], dtype=np.float64)
         finite = values[np.isfinite(values)]
         if values.size == 0:
@@ -79,8 +79,9 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return summary
 
 
-def _csv(rows: list[dict[str, Any]]) -> str:
-    columns = ["index", "samples"] + [c for m in METRICS for c in (m, f"{m}_std") if any(c in r for r in rows)]
+def per_image_csv(rows: list[dict[str, Any]], metrics: Sequence[str] = METRICS) -> str:
+    """The per-image rows as CSV text: index, samples, then each metric and its std over samples."""
+    columns = ["index", "samples"] + [c for m in metrics for c in (m, f"{m}_std") if any(c in r for r in rows)]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
@@ -145,5 +146,5 @@ def run_ari_eval(
                 "config": config_to_dict(loaded.cfg),
             },
         )
-        atomic_write_text(per_image_path, _csv(rows))
+        atomic_write_text(per_image_path, per_image_csv(rows))
     return AriReport(summary, rows, results_path, per_image_path, seconds)

@@ -65,7 +65,16 @@ def open_eval_split(
     split: str = "test",
     load_factors: Optional[bool] = None,
 ) -> H5Dataset:
-    """The evaluation images with masks: `--data FILE` wins over `--data-dir DIR` and the config's folder."""
+    """The evaluation images with masks: `--data FILE` wins over `--data-dir DIR` and the config's folder.
+
+    For ClevrTex `--data` is a variant folder (or the folder holding the config's test variant).
+    """
+    if cfg.data.dataset == "clevrtex":
+        from emorl_cli.data.clevrtex import open_clevrtex_split
+
+        return open_clevrtex_split(  # type: ignore[return-value]
+            cfg.data, split, data_dir, folder=data_file, load_masks=True, load_factors=load_factors
+        )
     if data_file is not None:
         if not Path(data_file).is_file():
             raise DataError(f"data file {data_file} does not exist; give an .h5 file in the Zenodo layout")
