@@ -200,3 +200,20 @@ def test_option_mistakes_are_one_line_errors(tmp_path, args, phrase):
     result = runner.invoke(app, ["data", "fetch", "--dest", str(tmp_path), "--base-url", "http://127.0.0.1:9", *args])
     assert result.exit_code == 1
     assert phrase in one_line_error(result)
+
+
+def test_verify_finds_a_changed_image_and_recheck_repairs_it(fake, tmp_path):
+    assert fetch(fake, tmp_path, "--variant", "camo").exit_code == 0
+    image = tmp_path / "clevrtex_camo" / "1" / "CLEVRTEX_camo_000007.png"
+    original = image.read_bytes()
+    image.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+    result = runner.invoke(app, ["data", "verify", str(tmp_path)])
+    assert result.exit_code == 1 and "CLEVRTEX_camo_000007.png: md5" in " ".join(result.output.split())
+    fake.requests.clear()
+    assert fetch(fake, tmp_path, "--variant", "camo").exit_code == 0
+    assert fake.file_gets("clevrtex_camo.tar.gz") == []  # without --recheck the manifest is trusted
+    result = fetch(fake, tmp_path, "--variant", "camo", "--recheck")
+    assert result.exit_code == 0, result.output
+    assert fake.file_gets("clevrtex_camo.tar.gz") == [None]
+    assert image.read_bytes() == original
+    assert runner.invoke(app, ["data", "verify", str(tmp_path)]).exit_code == 0

@@ -253,7 +253,7 @@ def verify(
         raise DataError(
             f"{len(bad)} of {len(checks)} files in {folder} failed verification: "
             + "; ".join(c.describe() for c in bad)
-            + f" — fetch them again with `emorl data fetch --zenodo --dest {folder} --recheck` "
-            "(or re-run `emorl data synth … --force`)"
+            + f" — fetch them again with `emorl data fetch --zenodo --dest {folder} --recheck` (ClevrTex: "
+            "--clevrtex instead of --zenodo), or re-run `emorl data synth … --force`"
         )
     console.print(f"[green]✓[/] all {len(checks)} files in {folder} match the manifest", soft_wrap=True)
