@@ -70,41 +70,38 @@ def ari(
     On ClevrTex: the benchmark's ARI, FG-ARI, mIoU and MSE (summed over pixels) and KL, one row per variant.
     """
     from emorl_cli.evaluate.ari_report import run_ari_eval
+    from emorl_cli.evaluate.clevrtex_report import open_variants, run_clevrtex_eval
     from emorl_cli.evaluate.session import load_model, open_eval_split
 
     loaded = load_model(checkpoint, config, overrides)
     cfg = loaded.cfg
-    if cfg.data.dataset == "clevrtex":
-        where = {"data_dir": data_dir, "data": data, "split": split, "out_dir": _out_dir(out, checkpoint, "eval")}
-        how = {"num_images": num_images, "batch_size": batch_size, "samples": samples, "seed": seed}
-        _clevrtex_ari(loaded, variant or [], refinement_iters, **where, **how)
-        return
-    if variant:
-        raise InputError(f"--variant applies to ClevrTex configs only; this checkpoint's data is {cfg.data.dataset!r}")
-    dataset = open_eval_split(cfg, data_dir=data_dir, data_file=data, split=split)
-    accelerator = _accelerator()
-    count = min(len(dataset), num_images or cfg.eval.num_images)
+    limit = num_images or cfg.eval.num_images
     n_samples = samples or cfg.eval.samples
-    out_dir = _out_dir(out, checkpoint, "eval")
-    with image_progress("eval ari", count * n_samples, enabled=accelerator is None) as advance:
-        report = run_ari_eval(
-            loaded,
-            dataset,
-            num_images=count,
-            batch_size=batch_size or cfg.eval.batch_size,
-            samples=n_samples,
-            refinement_iters=refinement_iters,
-            seed=cfg.training.seed if seed is None else seed,
-            out_dir=out_dir,
-            accelerator=accelerator,
-            progress=lambda n: advance(n * n_samples),
-        )
-    if accelerator is not None:  # every process reaches this point before any leaves the process group
-        accelerator.wait_for_everyone()
-        is_main = accelerator.is_main_process
-        accelerator.end_training()
-        if not is_main:
-            return
+    if cfg.data.dataset == "clevrtex":
+        variants = open_variants(cfg, variant or [], data_dir=data_dir, data_file=data, split=split)
+        run, data_set, total = run_clevrtex_eval, variants, sum(min(len(d), limit) for d in variants.values())
+    elif variant:
+        raise InputError(f"--variant applies to ClevrTex configs only; this checkpoint's data is {cfg.data.dataset!r}")
+    else:
+        dataset = open_eval_split(cfg, data_dir=data_dir, data_file=data, split=split)
+        run, data_set, total = run_ari_eval, dataset, min(len(dataset), limit)
+    report = _run_sharded(
+        run,
+        loaded,
+        data_set,
+        total=total * n_samples,
+        num_images=limit,
+        batch_size=batch_size or cfg.eval.batch_size,
+        samples=n_samples,
+        refinement_iters=refinement_iters,
+        seed=cfg.training.seed if seed is None else seed,
+        out_dir=_out_dir(out, checkpoint, "eval"),
+    )
+    if report is None:  # not the main process
+        return
+    if cfg.data.dataset == "clevrtex":
+        _clevrtex_table(report, loaded, split, refinement_iters)
+        return
     iters = loaded.refinement_iters(refinement_iters)
     table = Table(
         title=f"{checkpoint.name} on {dataset.path.name}/{split}: {len(report.per_image)} images"
@@ -129,48 +126,32 @@ def ari(
     console.print(f"results: {report.results_path}\nper image: {report.per_image_path}", highlight=False)
 
 
-def _clevrtex_ari(
-    loaded,
-    variants: list[str],
-    refinement_iters: Optional[int],
-    *,
-    data_dir: Optional[Path],
-    data: Optional[Path],
-    split: str,
-    out_dir: Path,
-    num_images: Optional[int],
-    batch_size: Optional[int],
-    samples: Optional[int],
-    seed: Optional[int],
-) -> None:
-    """`eval ari` on ClevrTex: one table row per variant."""
-    from emorl_cli.evaluate.clevrtex_report import CLEVRTEX_METRICS, open_variants, run_clevrtex_eval
-
-    cfg = loaded.cfg
-    datasets = open_variants(cfg, variants, data_dir=data_dir, data_file=data, split=split)
+def _run_sharded(run, loaded, data_set, *, total: int, samples: int, **kwargs):
+    """`run(loaded, data_set, …)` (`run_ari_eval` or `run_clevrtex_eval`) under a progress bar, sharded over
+    the processes of a multi-process launch; returns its report on the main process, None on the others."""
     accelerator = _accelerator()
-    limit = num_images or cfg.eval.num_images
-    n_samples = samples or cfg.eval.samples
-    total = sum(min(len(d), limit) for d in datasets.values()) * n_samples
     with image_progress("eval ari", total, enabled=accelerator is None) as advance:
-        report = run_clevrtex_eval(
+        report = run(
             loaded,
-            datasets,
-            num_images=limit,
-            batch_size=batch_size or cfg.eval.batch_size,
-            samples=n_samples,
-            refinement_iters=refinement_iters,
-            seed=cfg.training.seed if seed is None else seed,
-            out_dir=out_dir,
+            data_set,
+            samples=samples,
             accelerator=accelerator,
-            progress=lambda n: advance(n * n_samples),
+            progress=lambda n: advance(n * samples),
+            **kwargs,
         )
-    if accelerator is not None:
+    if accelerator is not None:  # every process reaches this point before any leaves the process group
         accelerator.wait_for_everyone()
         is_main = accelerator.is_main_process
         accelerator.end_training()
         if not is_main:
-            return
+            return None
+    return report
+
+
+def _clevrtex_table(report, loaded, split: str, refinement_iters: Optional[int]) -> None:
+    """`eval ari` on ClevrTex: one table row per variant."""
+    from emorl_cli.evaluate.clevrtex_report import CLEVRTEX_METRICS
+
     iters = loaded.refinement_iters(refinement_iters)
     table = Table(
         title=f"{loaded.checkpoint.name} on ClevrTex ({split})" + (f", I={iters}" if iters is not None else ""),

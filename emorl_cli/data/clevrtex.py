@@ -29,10 +29,10 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import get_worker_info
 
 from emorl_cli.config import DATASET_ENTITIES, DataConfig
-from emorl_cli.data.dataset import MEMORY_FRACTION, StackedBatch, available_memory_bytes, images_to_tensor
+from emorl_cli.data.dataset import MEMORY_FRACTION, BatchedDataset, available_memory_bytes, images_to_tensor
 from emorl_cli.data.registry import CLEVRTEX_VARIANTS, clevrtex_folder_name
 from emorl_cli.errors import DataError
 
@@ -198,7 +198,7 @@ def labels_to_masks(labels: np.ndarray, entities: int = ENTITIES) -> np.ndarray:
 # --------------------------------------------------------------------------------------------- dataset
 
 
-class ClevrTexDataset(Dataset):
+class ClevrTexDataset(BatchedDataset):
     """One split of one ClevrTex variant: items and batches as `H5Dataset` gives them.
 
     Images (and, with `load_masks`, masks) are decoded from the PNGs when first asked for. With
@@ -310,14 +310,6 @@ class ClevrTexDataset(Dataset):
                 self._cached[i] = True  # type: ignore[index]
         return imgs, labels
 
-    def _normalise(self, indices: Any) -> np.ndarray:
-        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        n = len(self)
-        idx = np.where(idx < 0, idx + n, idx)
-        if idx.size and (idx.min() < 0 or idx.max() >= n):
-            raise IndexError(f"index out of range for {n} images in {self.path} ({self.split})")
-        return idx
-
     def get_batch(self, indices: Any) -> dict[str, torch.Tensor]:
         """Stacked batch for split items `indices` (0 is the split's first image).
 
@@ -334,18 +326,6 @@ class ClevrTexDataset(Dataset):
             out["masks"] = torch.from_numpy(masks.reshape(b, o, 1, h, w).astype(np.float32))
         out["index"] = torch.from_numpy(idx.copy())
         return out
-
-    def __getitems__(self, indices: list[int]) -> StackedBatch:
-        """Batched fetch used by torch's DataLoader (one call per batch)."""
-        return StackedBatch(self.get_batch(indices))
-
-    def __getitem__(self, i: Union[int, np.integer]) -> dict[str, Any]:
-        if not isinstance(i, (int, np.integer)):
-            raise TypeError(f"index must be an int, got {type(i).__name__}; use get_batch for many indices")
-        batch = self.get_batch([int(i)])
-        item: dict[str, Any] = {k: v[0] for k, v in batch.items() if k != "index"}
-        item["index"] = int(batch["index"][0])
-        return item
 
     def __repr__(self) -> str:
         return (

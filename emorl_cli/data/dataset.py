@@ -121,7 +121,41 @@ def collate_batch(batch: Any) -> Any:
     return default_collate(batch)
 
 
-class H5Dataset(Dataset):
+class BatchedDataset(Dataset):
+    """A map-style Dataset whose one job is `get_batch(indices)`; items and DataLoader batches come from it.
+
+    Subclasses set `path` and `split` and implement `__len__` and `get_batch`.
+    """
+
+    path: Path
+    split: str
+
+    def get_batch(self, indices: Any) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def _normalise(self, indices: Any) -> np.ndarray:
+        """Indices as int64 [B], negative ones counted from the end; out of range is an IndexError."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        n = len(self)  # type: ignore[arg-type]
+        idx = np.where(idx < 0, idx + n, idx)
+        if idx.size and (idx.min() < 0 or idx.max() >= n):
+            raise IndexError(f"index out of range for {n} images in {self.path}/{self.split}")
+        return idx
+
+    def __getitems__(self, indices: list[int]) -> StackedBatch:
+        """Batched fetch used by torch's DataLoader (one call per batch)."""
+        return StackedBatch(self.get_batch(indices))
+
+    def __getitem__(self, i: IndexLike) -> dict[str, Any]:
+        if not isinstance(i, (int, np.integer)):
+            raise TypeError(f"index must be an int, got {type(i).__name__}; use get_batch for many indices")
+        batch = self.get_batch([int(i)])
+        item: dict[str, Any] = {k: v[0] for k, v in batch.items() if k != "index"}
+        item["index"] = int(batch["index"][0])
+        return item
+
+
+class H5Dataset(BatchedDataset):
     """One split (`train` or `test`) of an .h5 file in the EfficientMORL layout.
 
     The file is validated when the dataset is built. With `in_memory` (and when the split fits in half the
@@ -293,14 +327,6 @@ class H5Dataset(Dataset):
     def __len__(self) -> int:
         return self.layout.num_images
 
-    def _normalise(self, indices: Any) -> np.ndarray:
-        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        n = len(self)
-        idx = np.where(idx < 0, idx + n, idx)
-        if idx.size and (idx.min() < 0 or idx.max() >= n):
-            raise IndexError(f"index out of range for {n} images in {self.path}/{self.split}")
-        return idx
-
     def _read_rows(self, idx: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]:
         """Images [B, 3, H, W], masks [B, O, Hm, Wm, 1], factors [B, O, F] for sample indices `idx`."""
         if self.in_memory:
@@ -346,18 +372,6 @@ class H5Dataset(Dataset):
             out["factors"] = torch.from_numpy(np.ascontiguousarray(factors, dtype=np.float32))
         out["index"] = torch.from_numpy(idx.copy())
         return out
-
-    def __getitems__(self, indices: list[int]) -> StackedBatch:
-        """Batched fetch used by torch's DataLoader (one call per batch)."""
-        return StackedBatch(self.get_batch(indices))
-
-    def __getitem__(self, i: IndexLike) -> dict[str, Any]:
-        if not isinstance(i, (int, np.integer)):
-            raise TypeError(f"index must be an int, got {type(i).__name__}; use get_batch for many indices")
-        batch = self.get_batch([int(i)])
-        item: dict[str, Any] = {k: v[0] for k, v in batch.items() if k != "index"}
-        item["index"] = int(batch["index"][0])
-        return item
 
     def __repr__(self) -> str:
         mode = "in memory" if self.in_memory else "from disk"

@@ -89,6 +89,66 @@ def per_image_csv(rows: list[dict[str, Any]], metrics: Sequence[str] = METRICS) 
     return buffer.getvalue()
 
 
+Evaluator = Callable[..., list[dict[str, Any]]]  # (model, objective, batches, *, refinement_iters, samples, progress)
+
+
+def process_rank(accelerator: Any) -> tuple[int, int]:
+    """(this process's rank, number of processes); (0, 1) without an accelerator."""
+    if accelerator is None:
+        return 0, 1
+    return accelerator.process_index, accelerator.num_processes
+
+
+def sharded_records(
+    evaluate: Evaluator,
+    loaded: LoadedModel,
+    dataset: Any,
+    *,
+    num_images: Optional[int],
+    batch_size: int,
+    samples: int,
+    refinement_iters: Optional[int],
+    seed: int,
+    accelerator: Any = None,
+    progress: Optional[Callable[[int], None]] = None,
+) -> list[dict[str, Any]]:
+    """Per-(image, sample) records of `evaluate` over the first `num_images` of `dataset`: this process's
+    share when `accelerator` runs several, gathered so that every process returns all of them."""
+    rank, world = process_rank(accelerator)
+    torch.manual_seed(seed + rank)
+    records = evaluate(
+        loaded.model,
+        loaded.objective(),
+        batches_of(dataset, shard_indices(len(dataset), num_images, rank, world), batch_size),
+        refinement_iters=refinement_iters,
+        samples=samples,
+        progress=progress,
+    )
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        records = gather_object(records)
+    return records
+
+
+def provenance(
+    loaded: LoadedModel, *, samples: int, refinement_iters: Optional[int], seed: int, processes: int, seconds: float
+) -> dict[str, Any]:
+    """What every results.json records besides its numbers: how they were made and from what."""
+    return {
+        "samples": samples,
+        "refinement_iters": refinement_iters,
+        "seed": seed,
+        "note": STOCHASTIC_NOTE,
+        "checkpoint": str(loaded.checkpoint),
+        "checkpoint_sha256": file_sha256(loaded.checkpoint),
+        "processes": processes,
+        "seconds": seconds,
+        "emorl_version": __version__,
+        "config": config_to_dict(loaded.cfg),
+    }
+
+
 def run_ari_eval(
     loaded: LoadedModel,
     dataset: H5Dataset,
@@ -103,47 +163,36 @@ def run_ari_eval(
     progress: Optional[Callable[[int], None]] = None,
 ) -> AriReport:
     """Evaluate FG-ARI, ARI, MSE, KL and NLL per image; with `accelerator`, shard over its processes."""
-    rank = accelerator.process_index if accelerator is not None else 0
-    world = accelerator.num_processes if accelerator is not None else 1
-    torch.manual_seed(seed + rank)
+    rank, world = process_rank(accelerator)
     iters = loaded.refinement_iters(refinement_iters)
-    indices = shard_indices(len(dataset), num_images, rank, world)
     started = time.perf_counter()
-    records = evaluate_ari(
-        loaded.model,
-        loaded.objective(),
-        batches_of(dataset, indices, batch_size),
-        refinement_iters=iters,
+    records = sharded_records(
+        evaluate_ari,
+        loaded,
+        dataset,
+        num_images=num_images,
+        batch_size=batch_size,
         samples=samples,
+        refinement_iters=iters,
+        seed=seed,
+        accelerator=accelerator,
         progress=progress,
     )
-    if world > 1:
-        from accelerate.utils import gather_object
-
-        records = gather_object(records)
     rows = per_image_rows(records)
     summary = summarize(rows)
     seconds = time.perf_counter() - started
     results_path = per_image_path = None
     if out_dir is not None and rank == 0:
         results_path, per_image_path = Path(out_dir) / "results.json", Path(out_dir) / "per_image.csv"
+        made = provenance(loaded, samples=samples, refinement_iters=iters, seed=seed, processes=world, seconds=seconds)
         atomic_write_json(
             results_path,
             {
                 "metrics": summary,
                 "num_images": len(rows),
-                "samples": samples,
-                "refinement_iters": iters,
-                "seed": seed,
-                "note": STOCHASTIC_NOTE,
-                "checkpoint": str(loaded.checkpoint),
-                "checkpoint_sha256": file_sha256(loaded.checkpoint),
                 "data_file": str(dataset.path),
                 "split": dataset.split,
-                "processes": world,
-                "seconds": seconds,
-                "emorl_version": __version__,
-                "config": config_to_dict(loaded.cfg),
+                **made,
             },
         )
         atomic_write_text(per_image_path, per_image_csv(rows))

@@ -18,15 +18,21 @@ from typing import Any, Optional
 
 import torch
 
-from emorl_cli import __version__
-from emorl_cli.config import Config, config_to_dict
+from emorl_cli.config import Config
 from emorl_cli.data.clevrtex import ClevrTexDataset, open_clevrtex_split
 from emorl_cli.errors import EmorlError
 from emorl_cli.evaluate.ari import true_masks_to_labels
-from emorl_cli.evaluate.ari_report import STOCHASTIC_NOTE, per_image_csv, per_image_rows, summarize
+from emorl_cli.evaluate.ari_report import (
+    per_image_csv,
+    per_image_rows,
+    process_rank,
+    provenance,
+    sharded_records,
+    summarize,
+)
 from emorl_cli.evaluate.clevrtex_metrics import clevrtex_aris, clevrtex_miou, summed_squared_error
 from emorl_cli.evaluate.runner import model_device
-from emorl_cli.evaluate.session import LoadedModel, batches_of, file_sha256, shard_indices
+from emorl_cli.evaluate.session import LoadedModel
 from emorl_cli.files import atomic_write_json, atomic_write_text
 
 CLEVRTEX_METRICS = ("ari", "fg_ari", "miou", "mse", "kl")
@@ -139,31 +145,30 @@ def run_clevrtex_eval(
     accelerator: Any = None,
     progress: Optional[Callable[[int], None]] = None,
 ) -> ClevrTexReport:
-    """Evaluate every variant in `datasets` (the first `num_images` of each); with `accelerator`, sharded."""
-    rank = accelerator.process_index if accelerator is not None else 0
-    world = accelerator.num_processes if accelerator is not None else 1
+    """Evaluate every variant in `datasets` (the first `num_images` of each); with `accelerator`, sharded.
+
+    Each variant starts from the same seed, so its numbers do not depend on the other variants evaluated.
+    """
+    rank, world = process_rank(accelerator)
     iters = loaded.refinement_iters(refinement_iters)
     started = time.perf_counter()
     summaries: dict[str, dict[str, dict[str, float]]] = {}
     per_image: dict[str, list[dict[str, Any]]] = {}
     for variant, dataset in datasets.items():
-        torch.manual_seed(seed + rank)  # each variant's numbers do not depend on the others evaluated
-        indices = shard_indices(len(dataset), num_images, rank, world)
-        records = evaluate_clevrtex(
-            loaded.model,
-            loaded.objective(),
-            batches_of(dataset, indices, batch_size),
-            refinement_iters=iters,
+        records = sharded_records(
+            evaluate_clevrtex,
+            loaded,
+            dataset,
+            num_images=num_images,
+            batch_size=batch_size,
             samples=samples,
+            refinement_iters=iters,
+            seed=seed,
+            accelerator=accelerator,
             progress=progress,
         )
-        if world > 1:
-            from accelerate.utils import gather_object
-
-            records = gather_object(records)
-        rows = per_image_rows(records, CLEVRTEX_METRICS)
-        per_image[variant] = rows
-        summaries[variant] = summarize(rows, CLEVRTEX_METRICS)
+        per_image[variant] = per_image_rows(records, CLEVRTEX_METRICS)
+        summaries[variant] = summarize(per_image[variant], CLEVRTEX_METRICS)
     seconds = time.perf_counter() - started
     results_path = None
     if out_dir is not None and rank == 0:
@@ -179,23 +184,9 @@ def run_clevrtex_eval(
                 "split": dataset.split,
                 "per_image": csv_path.name,
             }
+        made = provenance(loaded, samples=samples, refinement_iters=iters, seed=seed, processes=world, seconds=seconds)
         atomic_write_json(
-            results_path,
-            {
-                "dataset": "clevrtex",
-                "variants": variants,
-                "definitions": DEFINITIONS,
-                "samples": samples,
-                "refinement_iters": iters,
-                "seed": seed,
-                "note": STOCHASTIC_NOTE,
-                "checkpoint": str(loaded.checkpoint),
-                "checkpoint_sha256": file_sha256(loaded.checkpoint),
-                "processes": world,
-                "seconds": seconds,
-                "emorl_version": __version__,
-                "config": config_to_dict(loaded.cfg),
-            },
+            results_path, {"dataset": "clevrtex", "variants": variants, "definitions": DEFINITIONS, **made}
         )
     return ClevrTexReport(summaries, per_image, results_path, seconds)
 
