@@ -62,11 +62,11 @@ class DataConfig(_Section):
         for key in ("train_file", "test_file"):
             name = getattr(self, key)
             if not name.startswith("clevrtex_") or name.removeprefix("clevrtex_") not in CLEVRTEX_VARIANTS:
-                raise ValueError(f"data.{key}={name!r} is no ClevrTex variant folder; use one of {folders}")
+                raise ValueError(f"{key}={name!r} is no ClevrTex variant folder; use one of {folders}")
         if self.train_file == "clevrtex_outd":
-            raise ValueError("data.train_file=clevrtex_outd: outd is a test set only; train on clevrtex_full")
+            raise ValueError("train_file=clevrtex_outd: outd is a test set only; train on clevrtex_full")
         if self.clevr_crop:
-            raise ValueError("data.clevr_crop is for CLEVR .h5 files; ClevrTex has its own centre crop, set it false")
+            raise ValueError("clevr_crop is for CLEVR .h5 files; ClevrTex has its own centre crop, set it false")
         return self
 
 
