@@ -17,6 +17,8 @@ from emorl_cli.errors import ConfigError
 
 # Number of mask entities (background included) in each known dataset's ground truth.
 DATASET_ENTITIES = {"tetrominoes": 4, "multi_dsprites": 6, "clevr6": 7, "clevr6_128": 11, "clevrtex": 11}
+# A dataset written by `emorl data import`: its entity count is whatever the file holds (checked when opened).
+CUSTOM_DATASET = "custom"
 # ClevrTex variants (Karazija et al., 2021); each is a folder `clevrtex_{variant}` of PNGs.
 CLEVRTEX_VARIANTS = ("full", "pbg", "vbg", "grassbg", "camo", "outd")
 # CLEVR crop box (left, top, right, bottom) used by the paper: 192x192 from the 240x320 frame.
@@ -32,8 +34,10 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     """Where the images come from and how they are prepared."""
 
-    dataset: Literal["tetrominoes", "multi_dsprites", "clevr6", "clevr6_128", "clevrtex"] = Field(
-        description="Dataset name; fixes the number of ground-truth mask entities and the factor kinds."
+    dataset: Literal["tetrominoes", "multi_dsprites", "clevr6", "clevr6_128", "clevrtex", "custom"] = Field(
+        description="Dataset name; fixes the number of ground-truth mask entities and the factor kinds "
+        "('custom': a file from `emorl data import`, whose masks say how many entities there are; 'clevrtex': "
+        "ClevrTex's variant folders)."
     )
     data_dir: Path = Field(Path("data"), description="Folder holding the .h5 files (`emorl data fetch` writes there).")
     train_file: str = Field(
@@ -169,6 +173,19 @@ class TrainingConfig(_Section):
     mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="Accelerate mixed precision.")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
     seed: int = Field(1, description="Random seed of the run.")
+    eval_every: int = Field(
+        0,
+        ge=0,
+        description="Evaluate on eval.num_images test images every this many steps and at the end (FG-ARI, "
+        "ARI, MSE, KL as `emorl eval ari`; rows in metrics.jsonl, eval/* in TensorBoard, checkpoints/best.pt); "
+        "0 turns it off.",
+    )
+    max_minutes: Optional[float] = Field(
+        None,
+        gt=0,
+        description="Wall-clock budget of the run in minutes, summed over resumes (evaluation included); "
+        "training stops at whichever comes first, this or `iters`. null: no budget.",
+    )
 
     @field_validator("refinement_curriculum")
     @classmethod
@@ -186,6 +203,13 @@ class TrainingConfig(_Section):
     @classmethod
     def _yaml_no(cls, v: Any) -> Any:
         return "no" if v is False else v  # YAML reads an unquoted `no` as false
+
+    @field_validator("max_minutes")
+    @classmethod
+    def _finite_budget(cls, v: Optional[float]) -> Optional[float]:
+        if v is not None and not math.isfinite(v):
+            raise ValueError(f"must be a finite number of minutes or null, got {v}")
+        return v
 
     @field_validator("clip_grad_norm")
     @classmethod
@@ -223,8 +247,8 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
-        entities = DATASET_ENTITIES[self.data.dataset]
-        if self.model.K < entities:
+        entities = DATASET_ENTITIES.get(self.data.dataset)  # None: known only from the file (custom)
+        if entities is not None and self.model.K < entities:
             raise ValueError(
                 f"model.K={self.model.K} is smaller than the {entities} entities (background included) of "
                 f"data.dataset='{self.data.dataset}'; set model.K ≥ {entities}"

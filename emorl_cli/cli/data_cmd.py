@@ -21,7 +21,13 @@ from rich.table import Table
 
 from emorl_cli.cli.console import console, err_console, is_interactive, print_table
 from emorl_cli.data.progress import human_bytes
-from emorl_cli.data.registry import CLEVRTEX_BASE_URL, CLEVRTEX_VARIANTS, ZENODO_BASE_URL, ZENODO_RECORD_ID
+from emorl_cli.data.registry import (
+    CLEVRTEX_BASE_URL,
+    CLEVRTEX_VARIANTS,
+    MANIFEST_NAME,
+    ZENODO_BASE_URL,
+    ZENODO_RECORD_ID,
+)
 from emorl_cli.errors import DataError, InputError
 
 app = typer.Typer(no_args_is_help=True)
@@ -181,6 +187,73 @@ def synth(
             highlight=False,
         )
     console.print(f"use the data with --data-dir {out}", soft_wrap=True, highlight=False)
+
+
+# --------------------------------------------------------------------------------------------- import
+
+
+def _train_command(path: Path, size: int, entities: Optional[int]) -> str:
+    """The `emorl train custom …` line that trains on an imported file (only the fields that differ)."""
+    from emorl_cli.config import load_config
+
+    template = load_config("custom")
+    sets = [f"data.data_dir={path.parent}"] if path.parent != template.data.data_dir else []
+    if path.name != template.data.train_file or path.name != template.data.test_file:
+        sets += [f"data.train_file={path.name}", f"data.test_file={path.name}"]
+    if size != template.data.image_size:
+        sets += [f"data.image_size={size}", f"'model.input_size=[3,{size},{size}]'"]
+    if entities is not None and entities > template.model.K:
+        sets.append(f"model.K={entities}")
+    return " ".join(["emorl train custom", *(f"--set {item}" for item in sets)])
+
+
+@app.command("import")
+def import_images(
+    folder: Annotated[Path, typer.Argument(help="Folder of PNG or JPEG pictures (any size).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The .h5 file to write (both splits, train and test).")],
+    size: Annotated[int, typer.Option("--size", help="Side S of the square images stored, in pixels.")] = 64,
+    masks: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--masks",
+            help="Folder of integer label masks (PNG, same file names; 0 = background) for ARI. Optional.",
+        ),
+    ] = None,
+    split_test: Annotated[
+        float, typer.Option("--split-test", help="Share of the images kept for the test split, in (0, 1).")
+    ] = 0.1,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the train/test split.")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
+) -> None:
+    """Pack a folder of pictures (and label masks) into an .h5 file to train on with the `custom` config.
+
+    Each picture is centre-cropped to a square and resized to --size; masks are cropped the same way, resized
+    nearest-neighbour and stored one-hot. Writes atomically and records the file in emorl-manifest.json.
+    """
+    from emorl_cli.data.folder_import import import_folder
+
+    result = import_folder(
+        folder, out, size=size, masks=masks, test_fraction=split_test, seed=seed, force=force, progress=RichProgress()
+    )
+    s = result.image_size
+    held = f"masks with up to {result.entities} entities (background included)" if result.entities else "no masks"
+    console.print(
+        f"[green]✓[/] {result.path} — {len(result.train_names):,} training and {len(result.test_names):,} test "
+        f"images of {s}x{s}, {held}",
+        soft_wrap=True,
+        highlight=False,
+    )
+    console.print(f"manifest: {result.path.parent / MANIFEST_NAME}", soft_wrap=True, highlight=False)
+    if result.entities:
+        console.print(f"model.K must be at least {result.entities}", highlight=False)
+    else:
+        console.print(
+            "choose model.K: at least the most objects in one picture + 1 (background); "
+            "`emorl eval ari` needs masks (--masks), `emorl viz` and `emorl gifs` do not",
+            soft_wrap=True,
+            highlight=False,
+        )
+    console.print(f"train with: {_train_command(result.path, s, result.entities)}", soft_wrap=True, highlight=False)
 
 
 # --------------------------------------------------------------------------------------------- info

@@ -236,7 +236,7 @@ def activeness(
     from emorl_cli.evaluate.session import load_model, open_eval_split
 
     loaded = load_model(checkpoint, config, overrides)
-    dataset = open_eval_split(loaded.cfg, data_dir=data_dir, data_file=data, split=split)
+    dataset = open_eval_split(loaded.cfg, data_dir=data_dir, data_file=data, split=split, need_masks=False)
     result, path = run_activeness(
         loaded,
         dataset,

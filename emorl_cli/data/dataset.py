@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from emorl_cli.config import CLEVR_CROP_BOX, DataConfig
+from emorl_cli.config import CLEVR_CROP_BOX, DATASET_ENTITIES, DataConfig
 from emorl_cli.data.h5 import SAMPLE_CHECK, SplitLayout, check_mask_values, get_hint, read_layout, reading
 from emorl_cli.errors import DataError
 
@@ -426,6 +426,20 @@ def open_split(
         clevr_crop=data_cfg.clevr_crop,
         image_size=data_cfg.image_size,
         in_memory=data_cfg.in_memory if in_memory is None else in_memory,
+    )
+
+
+def check_slots_cover_entities(dataset: H5Dataset, slots: int, dataset_name: str) -> None:
+    """For a dataset whose entity count the config does not fix (`custom`): raise a `DataError` when the
+    file's masks hold more entities (background included) than the model has slots K."""
+    if dataset_name in DATASET_ENTITIES:  # fixed by the config (checked there); ClevrTex has no .h5 layout
+        return
+    entities = dataset.layout.mask_entities
+    if entities is None or slots >= entities:
+        return
+    raise DataError(
+        f"{dataset.path} holds up to {entities} entities per image in '{dataset.split}/masks' (background "
+        f"included) but the model has model.K={slots} slots; set model.K ≥ {entities}, e.g. --set model.K={entities}"
     )
 
 

@@ -43,7 +43,7 @@ from emorl_cli.data.archives import (
     scan_archive,
     write_block,
 )
-from emorl_cli.data.manifest import HASH_CHUNK, Manifest, md5_file, safe_relative
+from emorl_cli.data.manifest import HASH_CHUNK, Manifest, git_blob_id, md5_file, safe_relative
 from emorl_cli.data.progress import NullProgress, Progress, human_bytes
 from emorl_cli.errors import DownloadError
 
@@ -55,12 +55,14 @@ MAX_BACKOFF_S = 60.0
 
 @dataclass(frozen=True)
 class RemoteFile:
-    """One file a source offers: its name in the destination, size and md5 where published, and its URL."""
+    """One file a source offers: its name in the destination, size and md5 where published, its URL, and
+    `git_blob` — its git object id, checked after the download — where that is what is known."""
 
     key: str
     size: Optional[int]
     md5: Optional[str]
     url: str
+    git_blob: Optional[str] = None
 
     @property
     def is_archive(self) -> bool:
@@ -255,13 +257,16 @@ def _attempt(rf: RemoteFile, part: _PartFile, opts: TransferOptions, progress: P
 
 
 def _check_download(rf: RemoteFile, part: _PartFile, progress: Progress) -> tuple[Optional[str], Any]:
-    """(problem or None, archive listing) of a finished `NAME.part`: size and md5 where published; an archive
-    without a published md5 is read whole instead (its own checksums stand in for the missing one)."""
+    """(problem or None, archive listing) of a finished `NAME.part`: size, md5 and git blob id where known; an
+    archive with no checksum is read whole instead (its own checksums stand in for the missing one)."""
     got = part.digest.hexdigest()
     if rf.size is not None and part.size != rf.size:
         return f"size {part.size:,} bytes, expected {rf.size:,}", None
     if rf.md5 is not None and got != rf.md5:
         return f"md5 {got}, expected {rf.md5}", None
+    if rf.git_blob is not None:
+        blob = git_blob_id(part.path)
+        return (None if blob == rf.git_blob else f"git blob id {blob}, expected {rf.git_blob}"), None
     if rf.md5 is None and rf.is_archive:
         try:
             return None, scan_archive(part.path, rf.key, progress)
@@ -270,14 +275,39 @@ def _check_download(rf: RemoteFile, part: _PartFile, progress: Progress) -> tupl
     return None, None
 
 
+def make_destination(dest: Path) -> Path:
+    """Create the download folder `dest` (and its parents); a failure is a `DownloadError` naming it."""
+    dest = Path(dest)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DownloadError(f"cannot create the destination folder {dest} ({exc.strerror or exc})") from None
+    return dest
+
+
 def download_verified(
+    rf: RemoteFile,
+    dest: Path,
+    opts: Optional[TransferOptions] = None,
+    progress: Optional[Progress] = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> tuple[str, bool]:
+    """Download one file to `dest/rf.key`: resumed from `NAME.part`, retried with backoff, checked (size, md5,
+    git blob id — whichever `rf` knows; an archive with none is read whole), renamed into place only when it
+    matches, else moved aside to `NAME.bad` and fetched once more. Returns (md5 of the file, refetched).
+
+    Raises:
+        DownloadError: network/HTTP failure after the retries, a checksum mismatch twice, a full disk.
+    """
+    check_url(rf.url)
+    md5, refetched, _ = _download_checked(rf, Path(dest), opts or TransferOptions(), progress or NullProgress(), sleep)
+    return md5, refetched
+
+
+def _download_checked(
     rf: RemoteFile, dest: Path, opts: TransferOptions, progress: Progress, sleep: Callable[[float], None]
 ) -> tuple[str, bool, Optional[ArchiveListing]]:
-    """Download `rf` to `dest/NAME` via `NAME.part`; final name only when verified.
-
-    Returns:
-        (md5 of the file, whether it was fetched a second time, the archive listing when the check read it).
-    """
+    """`download_verified`, also returning the archive listing when the check read the archive."""
     final = dest / rf.key
     part_path = final.with_name(final.name + ".part")
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -409,11 +439,7 @@ def fetch_files(
         DownloadError: network/DNS failure, HTTP error, checksum mismatch twice, disk full, unsafe archive.
     """
     progress = progress or NullProgress()
-    dest = Path(dest)
-    try:
-        dest.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DownloadError(f"cannot create the destination folder {dest} ({exc.strerror or exc})") from None
+    dest = make_destination(dest)
     _check_names(files)
     manifest = Manifest.load(dest)
     result = FetchResult(dest)
@@ -440,7 +466,7 @@ def fetch_files(
 
     for rf in todo:
         if not manifest.is_verified(rf.key, rf.size, rf.md5):
-            md5, refetched, listing = download_verified(rf, dest, opts, progress, sleep)
+            md5, refetched, listing = _download_checked(rf, dest, opts, progress, sleep)
             manifest.record_file(rf.key, (dest / rf.key).stat().st_size, md5, source)
             manifest.save()
             result.downloaded.append(rf.key)

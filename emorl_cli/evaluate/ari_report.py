@@ -18,7 +18,7 @@ import torch
 from emorl_cli import __version__
 from emorl_cli.config import config_to_dict
 from emorl_cli.data.dataset import H5Dataset
-from emorl_cli.evaluate.runner import METRICS, evaluate_ari
+from emorl_cli.evaluate.runner import METRICS, evaluate_ari, model_device
 from emorl_cli.evaluate.session import LoadedModel, batches_of, file_sha256, shard_indices
 from emorl_cli.files import atomic_write_json, atomic_write_text
 
@@ -111,19 +111,27 @@ def sharded_records(
     seed: int,
     accelerator: Any = None,
     progress: Optional[Callable[[int], None]] = None,
+    **options: Any,
 ) -> list[dict[str, Any]]:
     """Per-(image, sample) records of `evaluate` over the first `num_images` of `dataset`: this process's
-    share when `accelerator` runs several, gathered so that every process returns all of them."""
+    share when `accelerator` runs several, gathered so that every process returns all of them.
+
+    The posterior samples are seeded with `seed + rank` inside a forked RNG (the caller's random state is
+    left as it was); `options` go to `evaluate`.
+    """
     rank, world = process_rank(accelerator)
-    torch.manual_seed(seed + rank)
-    records = evaluate(
-        loaded.model,
-        loaded.objective(),
-        batches_of(dataset, shard_indices(len(dataset), num_images, rank, world), batch_size),
-        refinement_iters=refinement_iters,
-        samples=samples,
-        progress=progress,
-    )
+    device = model_device(loaded.model)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed + rank)
+        records = evaluate(
+            loaded.model,
+            loaded.objective(),
+            batches_of(dataset, shard_indices(len(dataset), num_images, rank, world), batch_size),
+            refinement_iters=refinement_iters,
+            samples=samples,
+            progress=progress,
+            **options,
+        )
     if world > 1:
         from accelerate.utils import gather_object
 
@@ -161,8 +169,14 @@ def run_ari_eval(
     out_dir: Optional[Path],
     accelerator: Any = None,
     progress: Optional[Callable[[int], None]] = None,
+    require_masks: bool = True,
 ) -> AriReport:
-    """Evaluate FG-ARI, ARI, MSE, KL and NLL per image; with `accelerator`, shard over its processes."""
+    """Evaluate FG-ARI, ARI, MSE, KL and NLL per image; with `accelerator`, shard over its processes.
+
+    The posterior samples are seeded with `seed + rank`, inside a forked RNG: the caller's random state is
+    left as it was (training evaluates this way between steps). With `require_masks` False a split without
+    masks is scored without ARI.
+    """
     rank, world = process_rank(accelerator)
     iters = loaded.refinement_iters(refinement_iters)
     started = time.perf_counter()
@@ -177,6 +191,7 @@ def run_ari_eval(
         seed=seed,
         accelerator=accelerator,
         progress=progress,
+        require_masks=require_masks,
     )
     rows = per_image_rows(records)
     summary = summarize(rows)
