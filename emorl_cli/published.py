@@ -3,7 +3,7 @@
 The original README (pemami4911/EfficientMORL) links a Tetrominoes and a CLEVR6 checkpoint in its
 `examples/` folder. They are stored in git itself (the repository has no Git LFS attributes), so a raw-file
 URL at a fixed commit serves their bytes, and their git blob ids — SHA-1 of `blob {size}\\0` + the bytes,
-fixed by the repository's history — verify them. Downloads reuse the Zenodo downloader's machinery
+fixed by the repository's history — verify them. Downloads reuse the data downloads' machinery
 (`emorl_cli.data.download.download_verified`: resume, retries, atomic names, a second try after a mismatch).
 """
 
