@@ -106,6 +106,28 @@ class ModelConfig(_Section):
         "(0.02 in the paper; at 0.02 the image is invisible to the slots at first, which makes the start slow).",
     )
 
+    encoder_width: int = Field(
+        64,
+        gt=0,
+        le=1024,
+        description="Channels of the image encoder's convolutions and token MLP (64 in the paper); smaller is "
+        "cheaper per step.",
+    )
+    decoder_width: Optional[int] = Field(
+        None,
+        gt=0,
+        le=1024,
+        description="Channels of the decoder's hidden convolutions; null: the decoder kind's own (32 'small', "
+        "64 'iodine' and 'big', as in the paper).",
+    )
+    slot_init: Literal["shared", "per_slot"] = Field(
+        "shared",
+        description="λ⁰, the posterior the bottom-up layers start from: one learned [μ, s] shared by the K slots "
+        "(the paper; slots differ only by their samples, so the model is symmetric in its slots), or one per "
+        "slot ('per_slot', as learned slot queries in BO-QSA: slots differ from the first layer, and slot k "
+        "is no longer interchangeable with slot j).",
+    )
+
     @field_validator("input_size")
     @classmethod
     def _positive_size(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -117,6 +139,8 @@ class ModelConfig(_Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ModelConfig:
+        if self.kind == "slot_attention" and self.slot_init != "shared":
+            raise ValueError("model.slot_init='per_slot' is an EfficientMORL option; Slot Attention starts shared")
         if self.reverse_prior_plusplus and self.bottom_up_prior:
             raise ValueError(
                 "model.reverse_prior_plusplus=true needs model.bottom_up_prior=false; set one of them to false"
