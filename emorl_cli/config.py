@@ -16,9 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from emorl_cli.errors import ConfigError
 
 # Number of mask entities (background included) in each known dataset's ground truth.
-DATASET_ENTITIES = {"tetrominoes": 4, "multi_dsprites": 6, "clevr6": 7, "clevr6_128": 11}
+DATASET_ENTITIES = {"tetrominoes": 4, "multi_dsprites": 6, "clevr6": 7, "clevr6_128": 11, "clevrtex": 11}
 # A dataset written by `emorl data import`: its entity count is whatever the file holds (checked when opened).
 CUSTOM_DATASET = "custom"
+# ClevrTex variants (Karazija et al., 2021); each is a folder `clevrtex_{variant}` of PNGs.
+CLEVRTEX_VARIANTS = ("full", "pbg", "vbg", "grassbg", "camo", "outd")
 # CLEVR crop box (left, top, right, bottom) used by the paper: 192x192 from the 240x320 frame.
 CLEVR_CROP_BOX = (64, 29, 256, 221)
 # Image sizes the "big" decoder produces: four stride-2 transposed convolutions from a 6x6 grid.
@@ -32,13 +34,20 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     """Where the images come from and how they are prepared."""
 
-    dataset: Literal["tetrominoes", "multi_dsprites", "clevr6", "clevr6_128", "custom"] = Field(
+    dataset: Literal["tetrominoes", "multi_dsprites", "clevr6", "clevr6_128", "clevrtex", "custom"] = Field(
         description="Dataset name; fixes the number of ground-truth mask entities and the factor kinds "
-        "('custom': a file from `emorl data import`, whose masks say how many entities there are)."
+        "('custom': a file from `emorl data import`, whose masks say how many entities there are; 'clevrtex': "
+        "ClevrTex's variant folders)."
     )
     data_dir: Path = Field(Path("data"), description="Folder holding the .h5 files (`emorl data fetch` writes there).")
-    train_file: str = Field(description="Training .h5 file name inside data_dir (group `train`).")
-    test_file: str = Field(description="Test .h5 file name inside data_dir (group `test`).")
+    train_file: str = Field(
+        description="Training .h5 file name inside data_dir (group `train`); for ClevrTex the variant folder "
+        "(clevrtex_full), whose train split is the last 80% of its images."
+    )
+    test_file: str = Field(
+        description="Test .h5 file name inside data_dir (group `test`); for ClevrTex the variant folder "
+        "(clevrtex_full, clevrtex_camo, …), whose test split is the first 10% of its images (outd: all)."
+    )
     image_size: int = Field(gt=0, description="Side of the square image the model sees, in pixels (H = W).")
     clevr_crop: bool = Field(
         False,
@@ -48,6 +57,21 @@ class DataConfig(_Section):
     load_masks: bool = Field(True, description="Load ground-truth masks (needed for ARI and DCI).")
     load_factors: bool = Field(False, description="Load ground-truth factors (needed for DCI).")
     in_memory: bool = Field(True, description="Read the whole split into memory when it fits (much faster).")
+
+    @model_validator(mode="after")
+    def _clevrtex_folders(self) -> DataConfig:
+        if self.dataset != "clevrtex":
+            return self
+        folders = ", ".join(f"clevrtex_{v}" for v in CLEVRTEX_VARIANTS)
+        for key in ("train_file", "test_file"):
+            name = getattr(self, key)
+            if not name.startswith("clevrtex_") or name.removeprefix("clevrtex_") not in CLEVRTEX_VARIANTS:
+                raise ValueError(f"{key}={name!r} is no ClevrTex variant folder; use one of {folders}")
+        if self.train_file == "clevrtex_outd":
+            raise ValueError("train_file=clevrtex_outd: outd is a test set only; train on clevrtex_full")
+        if self.clevr_crop:
+            raise ValueError("clevr_crop is for CLEVR .h5 files; ClevrTex has its own centre crop, set it false")
+        return self
 
 
 class ModelConfig(_Section):

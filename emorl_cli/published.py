@@ -3,8 +3,8 @@
 The original README (pemami4911/EfficientMORL) links a Tetrominoes and a CLEVR6 checkpoint in its
 `examples/` folder. They are stored in git itself (the repository has no Git LFS attributes), so a raw-file
 URL at a fixed commit serves their bytes, and their git blob ids — SHA-1 of `blob {size}\\0` + the bytes,
-fixed by the repository's history — verify them. Downloads reuse the Zenodo downloader's machinery
-(`emorl_cli.data.zenodo.download_verified`: resume, retries, atomic names, a second try after a mismatch).
+fixed by the repository's history — verify them. Downloads reuse the data downloads' machinery
+(`emorl_cli.data.download.download_verified`: resume, retries, atomic names, a second try after a mismatch).
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from emorl_cli.data.download import RemoteFile, download_verified, make_destination
 from emorl_cli.data.manifest import Manifest, git_blob_id, md5_file
 from emorl_cli.data.progress import NullProgress, Progress
-from emorl_cli.data.zenodo import FetchOptions, RemoteFile, download_verified, make_destination
+from emorl_cli.data.zenodo import FetchOptions
 from emorl_cli.errors import InputError
 
 ORIGINAL_REPOSITORY = "pemami4911/EfficientMORL"

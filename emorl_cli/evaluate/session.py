@@ -71,8 +71,15 @@ def open_eval_split(
 
     With `need_masks` (ARI, DCI) a file without ground-truth masks is a `DataError` saying so; without it
     (pictures, activeness) masks are loaded when the file has them. For a dataset whose entity count the
-    config does not fix (`custom`), K is checked against the entities the file's masks hold.
+    config does not fix (`custom`), K is checked against the entities the file's masks hold. For ClevrTex
+    `--data` is a variant folder (or the folder holding the config's test variant); it always has masks.
     """
+    if cfg.data.dataset == "clevrtex":
+        from emorl_cli.data.clevrtex import open_clevrtex_split
+
+        return open_clevrtex_split(  # type: ignore[return-value]
+            cfg.data, split, data_dir, folder=data_file, load_masks=True, load_factors=load_factors
+        )
     if data_file is not None:
         if not Path(data_file).is_file():
             raise DataError(f"data file {data_file} does not exist; give an .h5 file in the Zenodo layout")
