@@ -20,7 +20,7 @@ from PIL import Image
 from emorl_cli.config import config_to_dict, load_config
 from emorl_cli.data.synth import synthesize
 from emorl_cli.errors import InputError
-from emorl_cli.experiments.report import build_report, mean_std, table_rows, to_csv
+from emorl_cli.experiments.report import Mark, build_report, mean_std, table_rows, to_csv
 from emorl_cli.experiments.sweep import is_finished, parse_grid, parse_seeds, plan_runs, short_keys, split_values
 from emorl_cli.training.run_logs import eval_rows
 from emorl_cli.training.rundir import RunDir
@@ -203,6 +203,11 @@ def test_report_gives_mean_and_sample_std_over_seeds_per_setting(tmp_path):
         assert best["fg_ari"]["mean"] == pytest.approx(statistics.mean(values) + 0.05)
         assert final["step"]["mean"] == 200 and final["kl"]["mean"] == pytest.approx(20.0)
     assert [str(p.name) for p, _ in report.missing] == ["no-eval"]
+    at_first = by_label["lr=0.0007"].figures(Mark("step", 150))  # the row at step 100: final + 0.05
+    assert at_first["fg_ari"]["mean"] == pytest.approx(statistics.mean(finals[7e-4]) + 0.05)
+    at_minute = by_label["lr=0.0007"].figures(Mark("minute", 0.99))  # rows at 30 s and 60 s: only the first
+    assert at_minute["step"]["mean"] == 100
+    assert by_label["lr=0.001"].figures(Mark("step", 50))["fg_ari"]["n"] == 0  # before the first evaluation
     row = next(r for r in table_rows(report) if r[0] == "lr=0.0007")
     assert row[1] == "3" and row[4] == "70.0 ± 20.0" and row[5] == "75.0 ± 20.0" and row[6] == "35.0 ± 10.0"
     csv_lines = to_csv(report).splitlines()
@@ -220,8 +225,9 @@ def test_report_cli_prints_the_table_lists_missing_runs_and_writes_csv_json_and_
         fake_run(tmp_path / "runs" / f"seed={seed}", seed, 7e-4, values)
     fake_run(tmp_path / "runs" / "empty", 3, 1e-3, [])
     plot, csv = tmp_path / "curves.png", tmp_path / "table.csv"
-    result = cli("report", tmp_path / "runs", "--plot", plot, "--csv", csv)
+    result = cli("report", tmp_path / "runs", "--plot", plot, "--csv", csv, "--at-step", "200", "--at-minute", "0.5")
     assert result.exit_code == 0, result.output
+    assert "@ step 200" in result.output and "@ 0.5 min" in result.output and "35.0 ± 7.1" in result.output
     assert "70.0 ± 14.1" in result.output and "missing:" in result.output and "empty" in result.output
     with Image.open(plot) as image:
         assert image.format == "PNG" and image.size[0] > 800

@@ -123,15 +123,27 @@ def report(
     plot: Annotated[
         Optional[Path], typer.Option("--plot", help="Also write a PNG of FG-ARI against steps and minutes.")
     ] = None,
+    at_steps: Annotated[
+        Optional[list[float]],
+        typer.Option("--at-step", help="Add the FG-ARI at this step (the last evaluation before it); repeatable."),
+    ] = None,
+    at_minutes: Annotated[
+        Optional[list[float]],
+        typer.Option("--at-minute", help="Add the FG-ARI at this many minutes of wall clock; repeatable."),
+    ] = None,
 ) -> None:
     """Mean ± std over seeds, per setting, of the figures runs evaluated during training (paper's Table 1).
 
     Example: emorl report sweeps/lr --plot sweeps/lr/curves.png --csv sweeps/lr/table.csv
     """
-    from emorl_cli.experiments.report import TABLE_COLUMNS, build_report, table_rows, to_csv
+    from emorl_cli.experiments.report import Mark, build_report, table_columns, table_rows, to_csv
     from emorl_cli.files import atomic_write_text
 
-    result = build_report(runs)
+    marks = [Mark("step", v) for v in at_steps or []] + [Mark("minute", v) for v in at_minutes or []]
+    bad = [m.label for m in marks if not (math.isfinite(m.value) and m.value > 0)]
+    if bad:
+        raise InputError(f"--at-step and --at-minute take positive numbers, got {', '.join(bad)}")
+    result = build_report(runs, marks)
     if csv_path is not None:
         atomic_write_text(csv_path, to_csv(result))
     if plot is not None:
@@ -142,7 +154,7 @@ def report(
         console.print_json(json.dumps(result.to_dict()))
     else:
         table = Table(title="FG-ARI and ARI in %, mean ± std over seeds (final evaluation unless marked best)")
-        for column in TABLE_COLUMNS:
+        for column in table_columns(result):
             table.add_column(column, justify="left" if column == "setting" else "right")
         for row in table_rows(result):
             table.add_row(*row)

@@ -32,6 +32,18 @@ FIGURES = ("fg_ari", "ari", "mse", "kl")
 SEED_KEY = "training.seed"
 
 
+@dataclass(frozen=True)
+class Mark:
+    """A point of the training curves: a step, or minutes of wall clock."""
+
+    unit: str  # "step" or "minute"
+    value: float
+
+    @property
+    def label(self) -> str:
+        return f"step {self.value:g}" if self.unit == "step" else f"{self.value:g} min"
+
+
 @dataclass
 class RunFigures:
     """One run's evaluation rows and where they came from."""
@@ -47,6 +59,12 @@ class RunFigures:
     @property
     def final(self) -> Optional[dict[str, Any]]:
         return self.rows[-1] if self.rows else None
+
+    def at(self, point: Mark) -> Optional[dict[str, Any]]:
+        """The last evaluation row at or before a step (or a wall-clock minute); None before the first."""
+        key, limit = ("step", point.value) if point.unit == "step" else ("seconds", point.value * 60.0)
+        reached = [r for r in self.rows if _number(r.get(key)) is not None and r[key] <= limit + 1e-9]
+        return reached[-1] if reached else None
 
     @property
     def best(self) -> Optional[dict[str, Any]]:
@@ -65,9 +83,9 @@ class Setting:
     values: dict[str, Any]  # the config values that tell this setting from the others
     runs: list[RunFigures] = field(default_factory=list)
 
-    def figures(self, which: str) -> dict[str, dict[str, Any]]:
-        """figure → {mean, std, n} over runs of their `which` ('final' or 'best') row."""
-        rows = [getattr(run, which) for run in self.runs]
+    def figures(self, which: str | Mark) -> dict[str, dict[str, Any]]:
+        """figure → {mean, std, n} over runs of their `which` row: 'final', 'best', or the row at a Mark."""
+        rows = [run.at(which) if isinstance(which, Mark) else getattr(run, which) for run in self.runs]
         out = {}
         for name in (*FIGURES, "step", "seconds"):
             values = [v for row in rows if row is not None and (v := _number(row.get(name))) is not None]
@@ -79,6 +97,7 @@ class Setting:
 class Report:
     settings: list[Setting]
     missing: list[tuple[Path, str]]
+    marks: list[Mark] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -90,6 +109,7 @@ class Report:
                     "seeds": [r.seed for r in s.runs],
                     "final": s.figures("final"),
                     "best": s.figures("best"),
+                    "at": {m.label: s.figures(m) for m in self.marks},
                 }
                 for s in self.settings
             ],
@@ -168,8 +188,9 @@ def _show(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
-def build_report(paths: list[Path]) -> Report:
-    """Group the runs under `paths` into settings and collect their evaluation rows."""
+def build_report(paths: list[Path], marks: Optional[list[Mark]] = None) -> Report:
+    """Group the runs under `paths` into settings and collect their evaluation rows; `marks` add the
+    figures at given steps or minutes (the last evaluation at or before each)."""
     runs = [read_run(folder) for folder in find_runs(paths)]
     missing = [(r.folder, "no evaluation rows in metrics.jsonl (train with training.eval_every > 0)") for r in runs]
     missing = [m for m, r in zip(missing, runs, strict=True) if not r.rows]
@@ -183,7 +204,7 @@ def build_report(paths: list[Path]) -> Report:
         values = {k: run.config.get(k) for k in varying}
         label = _label(values, short)
         settings.setdefault(label, Setting(label, values)).runs.append(run)
-    return Report(list(settings.values()), missing)
+    return Report(list(settings.values()), missing, list(marks or []))
 
 
 # --------------------------------------------------------------------------------------------- layout
@@ -201,11 +222,17 @@ TABLE_COLUMNS = (
 )  # fmt: skip
 
 
+def table_columns(report: Report) -> list[str]:
+    """TABLE_COLUMNS, then one FG-ARI column per mark."""
+    return [*TABLE_COLUMNS, *(f"FG-ARI % @ {m.label}" for m in report.marks)]
+
+
 def table_rows(report: Report) -> list[list[str]]:
-    """One row per setting, in TABLE_COLUMNS order."""
+    """One row per setting, in `table_columns` order."""
     rows = []
     for setting in report.settings:
         final, best = setting.figures("final"), setting.figures("best")
+        at = [cell(setting.figures(m)["fg_ari"], scale=100) for m in report.marks]
         rows.append(
             [
                 setting.label,
@@ -217,6 +244,7 @@ def table_rows(report: Report) -> list[list[str]]:
                 cell(final["ari"], scale=100),
                 cell(final["mse"], fmt="{:.2e}"),
                 cell(final["kl"], fmt="{:.1f}"),
+                *at,
             ]
         )
     return rows
@@ -230,6 +258,8 @@ def to_csv(report: Report) -> str:
     for name in (*FIGURES, "step", "seconds"):
         header += [f"{name}_mean", f"{name}_std"]
     header += ["best_fg_ari_mean", "best_fg_ari_std"]
+    for mark in report.marks:
+        header += [f"fg_ari_mean@{mark.label}", f"fg_ari_std@{mark.label}"]
     writer.writerow(header)
     for setting in report.settings:
         final, best = setting.figures("final"), setting.figures("best")
@@ -237,5 +267,8 @@ def to_csv(report: Report) -> str:
         for name in (*FIGURES, "step", "seconds"):
             row += [final[name]["mean"], final[name]["std"]]
         row += [best["fg_ari"]["mean"], best["fg_ari"]["std"]]
+        for mark in report.marks:
+            at = setting.figures(mark)["fg_ari"]
+            row += [at["mean"], at["std"]]
         writer.writerow(["" if v is None else v for v in row])
     return buffer.getvalue()
