@@ -248,6 +248,16 @@ def test_report_refuses_folders_without_runs(cli, tmp_path):
     assert result.exit_code == 1 and "nothing to report" in result.output
 
 
+def test_several_sweeps_of_one_setting_each_are_named_by_their_folders(tmp_path):
+    for folder, lr in (("base", 7e-4), ("fast", 1e-3)):
+        for seed in (1, 2):
+            fake_run(tmp_path / folder / f"seed={seed}", seed, lr, [0.5])
+    report = build_report([tmp_path / "base", tmp_path / "fast"])
+    assert [s.label for s in report.settings] == ["base", "fast"]
+    assert report.settings[1].values == {"training.lr": 0.001}
+    assert [s.label for s in build_report([tmp_path / "base"]).settings] == ["all runs"]
+
+
 def test_runs_from_before_a_config_field_existed_compare_with_its_default(tmp_path):
     old = fake_run(tmp_path / "old", 1, 7e-4, [0.5])
     raw = yaml.safe_load((old / "config.yaml").read_text())

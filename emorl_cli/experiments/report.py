@@ -146,20 +146,21 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------- reading
 
 
-def find_runs(paths: list[Path]) -> list[Path]:
-    """Run folders among `paths`: each path is a run (it has config.yaml) or a folder of runs (a sweep)."""
-    found: list[Path] = []
+def find_runs(paths: list[Path]) -> list[tuple[Path, Optional[Path]]]:
+    """(run folder, the folder of runs it was found in or None) for each run among `paths`: each path is a
+    run (it has config.yaml) or a folder of runs (a sweep)."""
+    found: list[tuple[Path, Optional[Path]]] = []
     for path in paths:
         path = Path(path)
         if not path.is_dir():
             raise InputError(f"{path} is not a folder; give run folders or a sweep's folder")
         if RunDir(path).config.is_file():
-            found.append(path)
+            found.append((path, None))
             continue
         children = sorted(p for p in path.iterdir() if RunDir(p).config.is_file())
         if not children:
             raise InputError(f"{path} holds no runs (no config.yaml in it or its sub-folders); give a run folder")
-        found += children
+        found += [(child, path) for child in children]
     return found
 
 
@@ -191,20 +192,33 @@ def _show(value: Any) -> str:
 def build_report(paths: list[Path], marks: Optional[list[Mark]] = None) -> Report:
     """Group the runs under `paths` into settings and collect their evaluation rows; `marks` add the
     figures at given steps or minutes (the last evaluation at or before each)."""
-    runs = [read_run(folder) for folder in find_runs(paths)]
+    found = find_runs(paths)
+    runs = [read_run(folder) for folder, _ in found]
     missing = [(r.folder, "no evaluation rows in metrics.jsonl (train with training.eval_every > 0)") for r in runs]
     missing = [m for m, r in zip(missing, runs, strict=True) if not r.rows]
     keys = sorted({k for r in runs for k in r.config} - {SEED_KEY})
     varying = [k for k in keys if len({_show(r.config.get(k)) for r in runs}) > 1]
     short = short_keys(varying)
     settings: dict[str, Setting] = {}
-    for run in runs:
+    sources: dict[str, set[Optional[Path]]] = {}
+    for run, (_, source) in zip(runs, found, strict=True):
         if not run.rows:
             continue
         values = {k: run.config.get(k) for k in varying}
         label = _label(values, short)
         settings.setdefault(label, Setting(label, values)).runs.append(run)
+        sources.setdefault(label, set()).add(source)
+    _name_by_folder(list(settings.values()), sources)
     return Report(list(settings.values()), missing, list(marks or []))
+
+
+def _name_by_folder(settings: list[Setting], sources: dict[str, set[Optional[Path]]]) -> None:
+    """Several sweeps given, one setting each: label each setting by its sweep folder's name (shorter than
+    the config values, which stay in `values`)."""
+    folders = [next(iter(sources[s.label])) if len(sources[s.label]) == 1 else None for s in settings]
+    if len(settings) > 1 and None not in folders and len(set(folders)) == len(settings):
+        for setting, folder in zip(settings, folders, strict=True):
+            setting.label = folder.name  # type: ignore[union-attr]
 
 
 # --------------------------------------------------------------------------------------------- layout
