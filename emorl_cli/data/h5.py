@@ -41,7 +41,10 @@ def get_hint(path: Path) -> str:
         )
     if spec is not None:
         return f"get it with `emorl data fetch --zenodo --dest {folder}`"
-    return "get the dataset with `emorl data fetch --zenodo` or make one with `emorl data synth`"
+    return (
+        "get the dataset with `emorl data fetch --zenodo`, make one with `emorl data synth`, or pack your own "
+        "pictures with `emorl data import DIR --out FILE.h5`"
+    )
 
 
 def require_file(path: Path) -> None:
@@ -186,6 +189,15 @@ def read_layout(
             "set data.load_factors=false or use a file with factors (e.g. the *_with_masks_and_factors_* files)"
         )
     return SplitLayout(path, split, int(n), (int(h), int(w)), imgs.dtype, mask_entities, factor_dims)
+
+
+def masks_in_split(path: Path, split: str) -> Optional[bool]:
+    """Whether the `split` group of `path` holds ground-truth masks (None when there is no such group)."""
+    with reading(path, "inspecting") as handle:
+        group = handle.get(split)
+        if not isinstance(group, h5py.Group):
+            return None
+        return "masks" in group
 
 
 def check_mask_values(masks: np.ndarray, path: Path, split: str, chunk: int = 1024) -> None:

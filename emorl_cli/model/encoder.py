@@ -13,7 +13,7 @@ from torch import nn
 
 from emorl_cli.model.position import position_grid
 
-FEATURES = 64  # encoder width, fixed in the original whatever D is
+FEATURES = 64  # encoder width of the original, whatever D is (model.encoder_width)
 
 
 def conv_stack(in_channels: int = 3, width: int = FEATURES) -> nn.Sequential:

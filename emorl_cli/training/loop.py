@@ -3,6 +3,11 @@
 A checkpoint named step_S holds the state after S updates; resuming it runs step S next, with the same
 data (order.py), the same noise (noise.py) and the restored weights, optimizer, GECO and schedule, so an
 interrupted run continues exactly as an uninterrupted one.
+
+A run ends after `training.iters` updates or when its wall-clock budget (`training.max_minutes`, or the
+`max_seconds` a workflow such as the demo gives) is spent, summed over resumes; it then writes
+`finished.json` saying which. With `training.eval_every` it evaluates on the test split as it goes
+(periodic_eval.py).
 """
 
 from __future__ import annotations
@@ -19,11 +24,12 @@ from torch.utils.data import DataLoader
 
 from emorl_cli.checkpoint import load_checkpoint, save_checkpoint
 from emorl_cli.config import Config, config_to_dict
-from emorl_cli.data.dataset import collate_batch, open_split
+from emorl_cli.data.dataset import check_slots_cover_entities, collate_batch, open_split
 from emorl_cli.errors import TrainingError
 from emorl_cli.files import atomic_write_json, atomic_write_text
 from emorl_cli.training.images import training_figure
 from emorl_cli.training.order import GlobalBatchOrder, StepBatchSampler
+from emorl_cli.training.periodic_eval import BEST_NAME, PeriodicEvaluation
 from emorl_cli.training.precision import check_supported
 from emorl_cli.training.progress import TrainingProgress
 from emorl_cli.training.run_logs import MetricsLog, TensorBoardLog
@@ -41,6 +47,7 @@ class TrainResult:
     last_checkpoint: Path
     seconds: float
     final_scalars: dict[str, float]
+    last_eval: Optional[dict[str, Any]] = None
 
 
 class Trainer:
@@ -65,10 +72,14 @@ class Trainer:
         check_supported(cfg.training.mixed_precision, self.accelerator.device)
         self.main = self.accelerator.is_main_process
         self.show_progress, self.interactive, self.record_ranks = show_progress, interactive, record_ranks
-        self.max_seconds = max_seconds
+        minutes = cfg.training.max_minutes
+        self.max_seconds = max_seconds if max_seconds is not None else (minutes * 60.0 if minutes else None)
+        self.seconds_before = 0.0  # wall time of the run before this session (resumed runs)
         self.dataset = open_split(cfg.data, "train", data_dir, load_masks=False, load_factors=False)
+        check_slots_cover_entities(self.dataset, cfg.model.K, cfg.data.dataset)
         self.order = GlobalBatchOrder(len(self.dataset), cfg.training.batch_size, cfg.training.seed)
         self.runner = StepRunner(cfg, self.accelerator)
+        self.evaluation = PeriodicEvaluation(cfg, data_dir, self.run_dir.checkpoints / BEST_NAME, self.accelerator)
         self.start_step = self._resume() if resume else self._fresh()
 
     # ---------------------------------------------------------------------------------------- set-up
@@ -85,7 +96,8 @@ class Trainer:
         if self.main:
             self.run_dir.checkpoints.mkdir(parents=True, exist_ok=True)
             self._write_config()
-            self.run_dir.metrics.unlink(missing_ok=True)
+            for stale in (self.run_dir.metrics, self.run_dir.finished, self.run_dir.checkpoints / BEST_NAME):
+                stale.unlink(missing_ok=True)
         self.accelerator.wait_for_everyone()
         return 0
 
@@ -105,8 +117,20 @@ class Trainer:
         step = int(state["step"])
         if self.main:
             self._write_config()
-            MetricsLog(self.run_dir.metrics).truncate_after(step - 1)
+            self.run_dir.finished.unlink(missing_ok=True)
+            kept = MetricsLog(self.run_dir.metrics).truncate_for_resume(step)
+            self.seconds_before = max((float(r.get("seconds", 0.0)) for r in kept), default=0.0)
+            self.evaluation.restore(kept)
+        self.seconds_before = self._broadcast(self.seconds_before)
         return step
+
+    def _broadcast(self, value: float) -> float:
+        """The main process's value on every process (resume bookkeeping read from the run folder)."""
+        if self.runner.world == 1:
+            return value
+        from accelerate.utils import broadcast
+
+        return float(broadcast(torch.tensor([value], device=self.runner.device))[0])
 
     # ---------------------------------------------------------------------------------------- pieces
 
@@ -152,8 +176,10 @@ class Trainer:
         tb = TensorBoardLog(self.run_dir.tensorboard if self.main else None)
         started = time.perf_counter()
         scalars: Scalars = {}
+        last_eval: Optional[dict[str, Any]] = None
         last = self.run_dir.latest_checkpoint()
         step = self.start_step - 1
+        stop_step = self.start_step if self._out_of_time(started) else t.iters  # a spent budget: nothing to do
         self.runner.model.train()
         try:
             with TrainingProgress(
@@ -162,8 +188,10 @@ class Trainer:
                 enabled=self.show_progress and self.main,
                 interactive=self.interactive,
                 log_every=t.log_every,
+                budget_seconds=self.max_seconds,
+                seconds_before=self.seconds_before,
             ) as progress:
-                for step, batch in zip(range(self.start_step, t.iters), self._batches(), strict=False):
+                for step, batch in zip(range(self.start_step, stop_step), self._batches(), strict=False):
                     images = batch["imgs"].to(self.runner.device, non_blocking=True)
                     scalars = self.runner(step, images)  # not read: the host does not wait for the device
                     done = step + 1
@@ -171,18 +199,23 @@ class Trainer:
                     if step % t.log_every == 0 or done == t.iters:
                         logged = self.runner.read(scalars)  # on every process: all stop on a non-finite loss
                         if self.main:
-                            metrics.write(step, {**logged, "seconds": time.perf_counter() - started})
+                            metrics.write(step, {**logged, "seconds": self._seconds(started)})
                             tb.scalars(step, logged)
                     if self.main and step % t.image_every == 0:
                         self._log_images(step, images, tb)
+                    stopping = done == t.iters or self._out_of_time(started)
+                    if self.evaluation.due(done, stopping):
+                        last_eval = self._evaluate(done, started, metrics, tb)
+                        progress.evaluated(last_eval)
                     progress.update(step, logged["loss"] if logged else None)
                     if done % t.checkpoint_every == 0 or done == t.iters:
                         last = self._save(done)
-                    if self._out_of_time(started):
+                    if stopping:
                         break
             if last != self.run_dir.checkpoint_path(step + 1):  # stopped early, or nothing to do
                 last = self._save(step + 1)
             final = self.runner.read(scalars) if scalars else {}
+            self._mark_finished(step + 1, started)
         except NonFiniteLoss as exc:
             keep = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
             raise TrainingError(f"{exc}; stopped, {keep}; lower training.lr or check the data") from None
@@ -202,15 +235,42 @@ class Trainer:
             last_checkpoint=last,
             seconds=time.perf_counter() - started,
             final_scalars=final,
+            last_eval=last_eval,
         )
+
+    def _seconds(self, started: float) -> float:
+        """Wall time of the run so far, earlier sessions of a resumed run included."""
+        return self.seconds_before + time.perf_counter() - started
+
+    def _evaluate(self, done: int, started: float, metrics: MetricsLog, tb: TensorBoardLog) -> dict[str, Any]:
+        """Score the weights after `done` updates on the test split; log the row (main process)."""
+        self.runner.check_finite()  # never score (or keep as best.pt) weights a non-finite loss has touched
+        row = self.evaluation(self.runner.model, self.runner.geco, done)
+        if self.main:
+            metrics.write(done, {**row, "seconds": self._seconds(started)})
+            tb.scalars(done, {k: v for k, v in row.items() if isinstance(v, float)}, prefix="eval")
+        return row
+
+    def _mark_finished(self, done: int, started: float) -> None:
+        """finished.json when the run reached `iters` or spent its budget (not when it was interrupted)."""
+        if done >= self.cfg.training.iters:
+            reason = "iters"
+        elif self._out_of_time(started):
+            reason = "time budget"
+        else:
+            return
+        if self.main:
+            atomic_write_json(
+                self.run_dir.finished, {"step": done, "reason": reason, "seconds": self._seconds(started)}
+            )
 
     def _out_of_time(self, started: float) -> bool:
         """True when a time budget is set and spent (every process agrees, so all stop at the same step)."""
         if self.max_seconds is None:
             return False
-        if self.runner.world == 1:
-            return time.perf_counter() - started >= self.max_seconds
-        spent = torch.tensor(float(time.perf_counter() - started >= self.max_seconds), device=self.runner.device)
+        if self.runner.world == 1:  # no tensor: nothing to wait for
+            return self._seconds(started) >= self.max_seconds
+        spent = torch.tensor(float(self._seconds(started) >= self.max_seconds), device=self.runner.device)
         if self.runner.world > 1:
             spent = self.accelerator.reduce(spent, reduction="sum")
         return bool(spent > 0)

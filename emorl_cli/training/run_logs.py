@@ -1,11 +1,58 @@
-"""Run logs: `metrics.jsonl` (one JSON object per logged step) and TensorBoard scalars and images."""
+"""Run logs: `metrics.jsonl` (one JSON object per logged step) and TensorBoard scalars and images.
+
+metrics.jsonl holds two kinds of rows:
+
+- training rows, every `training.log_every` steps: `step` is the 0-based index of the step just taken,
+  with its loss, NLL, KL, MSE, learning rate, … and `seconds` (wall time of the run so far);
+- evaluation rows (`"split": "test"`), every `training.eval_every` steps and at the end: `step` is the
+  number of updates the evaluated weights have had (the step of `checkpoints/step_NNNNNNN.pt`), with the
+  test-split `fg_ari`, `ari`, `mse`, `kl`, `nll`, `loss` (means over images), `seconds` and `eval_seconds`.
+
+`seconds` counts from the start of the run and goes on across `--resume`.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+EVAL_SPLIT = "test"
+
+
+def is_eval_row(row: dict[str, Any]) -> bool:
+    """True for an evaluation row (test-split figures), False for a training row."""
+    return row.get("split") == EVAL_SPLIT
+
+
+def read_rows(path: Path) -> tuple[list[dict[str, Any]], bool]:
+    """All rows of a metrics.jsonl → (rows, torn): a cut-off last line (a run killed while appending) is
+    left out and reported as `torn`; a bad line anywhere else is kept out too."""
+    if not path.exists():
+        return [], False
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    rows, torn = [], False
+    for number, line in enumerate(lines):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            torn = torn or number == len(lines) - 1
+            continue
+        if isinstance(row, dict) and "step" in row:
+            rows.append(row)
+    return rows, torn
+
+
+def eval_rows(path: Path) -> list[dict[str, Any]]:
+    """The evaluation rows of a metrics.jsonl, in the order written."""
+    return [row for row in read_rows(path)[0] if is_eval_row(row)]
+
+
+def training_rows(path: Path) -> list[dict[str, Any]]:
+    """The training rows of a metrics.jsonl, in the order written."""
+    return [row for row in read_rows(path)[0] if not is_eval_row(row)]
 
 
 class MetricsLog:
@@ -14,16 +61,19 @@ class MetricsLog:
     def __init__(self, path: Path):
         self.path = path
 
-    def write(self, step: int, scalars: dict[str, float]) -> None:
+    def write(self, step: int, scalars: dict[str, Any]) -> None:
         with self.path.open("a") as handle:
             handle.write(json.dumps({"step": step, **scalars}) + "\n")
 
-    def truncate_after(self, step: int) -> None:
-        """Drop lines logged after `step` (a resumed run re-logs them)."""
-        if not self.path.exists():
-            return
-        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+    def truncate_for_resume(self, start_step: int) -> list[dict[str, Any]]:
+        """Keep what a run resumed at `start_step` (from checkpoint step_{start_step}) has done: training
+        rows of steps < start_step and evaluation rows of weights ≤ start_step; the rest is re-logged.
+        Returns the kept rows."""
+        rows, _ = read_rows(self.path)
+        kept = [r for r in rows if r["step"] <= start_step and (is_eval_row(r) or r["step"] < start_step)]
+        if self.path.exists():
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        return kept
 
 
 class TensorBoardLog:
@@ -36,11 +86,11 @@ class TensorBoardLog:
 
             self._writer = SummaryWriter(str(folder))
 
-    def scalars(self, step: int, scalars: dict[str, float]) -> None:
+    def scalars(self, step: int, scalars: dict[str, float], prefix: str = "train") -> None:
         if self._writer is None:
             return
         for name, value in scalars.items():
-            self._writer.add_scalar(f"train/{name}", value, step)
+            self._writer.add_scalar(f"{prefix}/{name}", value, step)
 
     def image(self, step: int, name: str, image: np.ndarray) -> None:
         """`image` is uint8 [H, W, 3]."""
