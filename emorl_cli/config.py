@@ -120,6 +120,13 @@ class ModelConfig(_Section):
         description="Channels of the decoder's hidden convolutions; null: the decoder kind's own (32 'small', "
         "64 'iodine' and 'big', as in the paper).",
     )
+    attention_temperature: float = Field(
+        1.0,
+        gt=0,
+        le=100,
+        description="T in the slot-attention logits q·k/(T·√D): 1 in the paper; below 1 the slots compete "
+        "for the pixels more sharply from the first step.",
+    )
     slot_init: Literal["shared", "per_slot"] = Field(
         "shared",
         description="λ⁰, the posterior the bottom-up layers start from: one learned [μ, s] shared by the K slots "

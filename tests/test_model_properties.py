@@ -387,3 +387,19 @@ def test_per_slot_initialisation_tells_the_slots_apart_before_any_noise():
     torch.testing.assert_close(one[0], apart[0], rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="per_slot"):
         ModelConfig(**SMALL, kind="slot_attention", slot_init="per_slot")
+
+
+@pytest.mark.parametrize("kind", ["emorl", "slot_attention"])
+def test_attention_temperature_divides_the_logits(kind):
+    # gain 1: at the paper's 0.02 the attention is exactly uniform at any temperature (see the test above)
+    paper = small_model(kind=kind, init_gain=1.0)
+    sharp = small_model(kind=kind, init_gain=1.0, attention_temperature=0.25)
+    assert sharp.load_state_dict(paper.state_dict()) is not None  # same weights, only T differs
+    net = (lambda m: m.hvae_networks) if kind == "emorl" else (lambda m: m)
+    assert net(sharp).scale == pytest.approx(4 * net(paper).scale) == pytest.approx(4 * 8**-0.5)
+    noise = Recorder(3, seed=1)
+    with torch.no_grad():
+        flat = paper(images(2), noise=noise, record=True).trace[0].attention
+        peaked = sharp(images(2), noise=Recorder(3, replay=noise.draws), record=True).trace[0].attention
+    entropy = lambda a: -(a * a.log()).sum(1).mean()  # noqa: E731  (over slots, per pixel)
+    assert entropy(peaked) < entropy(flat)

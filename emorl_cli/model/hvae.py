@@ -53,7 +53,7 @@ class HVAENetworks(nn.Module):
         d = cfg.z_size
         self.K, self.z_size, self.num_layers = cfg.K, d, cfg.stochastic_layers
         self.use_dual_gru = cfg.use_dual_gru
-        self.scale = d**-0.5
+        self.scale = d**-0.5 / cfg.attention_temperature  # 1/(T·√D)
 
         width = cfg.encoder_width
         self.pos_embed_projection = nn.Linear(4, width)

@@ -35,7 +35,7 @@ class SlotAttention(nn.Module):
         self.cfg = cfg
         c, h, w = cfg.input_size
         d = cfg.z_size
-        self.K, self.z_size, self.scale = cfg.K, d, d**-0.5
+        self.K, self.z_size, self.scale = cfg.K, d, d**-0.5 / cfg.attention_temperature  # 1/(T·√D)
         width = cfg.encoder_width
         self.pos_embed_projection = nn.Linear(4, width)
         self.encoder_pt_1 = conv_stack(c, width)
