@@ -63,18 +63,36 @@ def _peak_memory(device: torch.device) -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu peak RSS"
 
 
-def _time(fn: Callable[[], Any], steps: int, warmup: int, device: torch.device) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(steps):
+def _time(
+    fn: Callable[[], Any],
+    steps: int,
+    warmup: int,
+    device: torch.device,
+    seconds: Optional[float] = None,
+    warmup_times: Optional[list[float]] = None,
+) -> list[float]:
+    """Seconds of `steps` timed calls after `warmup` untimed ones (appended to `warmup_times` when given).
+
+    With `seconds`, timing stops once that much time has been spent on timed calls (at least 3 calls,
+    at most `steps`): a time budget for slow devices and a step count for fast ones.
+    """
+
+    def timed() -> float:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
         fn()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
+        return time.perf_counter() - start
+
+    for _ in range(warmup):
+        spent = timed()
+        if warmup_times is not None:
+            warmup_times.append(spent)
+    times: list[float] = []
+    while len(times) < steps and (seconds is None or len(times) < 3 or sum(times) < seconds):
+        times.append(timed())
     return times
 
 
@@ -93,14 +111,32 @@ def _test_images(cfg: Config, n: int, seed: int = 0) -> dict[str, torch.Tensor]:
     return {"imgs": imgs, "masks": masks, "index": torch.arange(n)}
 
 
-def bench_train(cfg: Config, name: str, *, batch_size: int, steps: int, warmup: int = 2, cpu: bool = False):
-    """Seconds per training step (forward, backward, all-reduce, clipping, Adam, GECO) at a batch size."""
+def bench_train(
+    cfg: Config,
+    name: str,
+    *,
+    batch_size: int,
+    steps: int,
+    warmup: int = 2,
+    cpu: bool = False,
+    seconds: Optional[float] = None,
+    count: bool = True,
+):
+    """Seconds per training step (forward, backward, all-reduce, clipping, Adam, GECO) at a batch size.
+
+    The first warm-up step's time is reported as `first_step_seconds` (with training.compile it includes
+    compiling). `seconds` caps the time spent on timed steps (see `_time`); `count=False` skips the FLOP
+    count and the matrix-product reference (always skipped with training.compile: the arithmetic is the
+    same, and counting under torch's dispatch mode would compile again).
+    """
     from emorl_cli.training.memory import check_training_memory
+    from emorl_cli.training.precision import check_supported
     from emorl_cli.training.step import StepRunner, make_accelerator
 
     cfg = cfg.model_copy(deep=True)
     cfg.training.batch_size = batch_size
     accelerator = make_accelerator(cfg.training.mixed_precision, cpu=cpu)
+    check_supported(cfg.training.mixed_precision, accelerator.device)
     check_training_memory(cfg, accelerator.device, batch_size)
     runner = StepRunner(cfg, accelerator)
     images = _test_images(cfg, batch_size)["imgs"].to(runner.device)
@@ -108,9 +144,17 @@ def bench_train(cfg: Config, name: str, *, batch_size: int, steps: int, warmup: 
     counter = iter(range(step_at, step_at + steps + warmup))
     if runner.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(runner.device)
-    times = _time(lambda: runner(next(counter), images), steps, warmup, runner.device)
+    warmup_times: list[float] = []
+    times = _time(lambda: runner(next(counter), images), steps, warmup, runner.device, seconds, warmup_times)
     # peak memory is read here, before the FLOP count's extra step and the matrix product below
-    result = _result("train", cfg, name, batch_size, times, runner.device, {"refinement_iters": _train_iters(cfg)})
+    extra: dict[str, Any] = {"refinement_iters": _train_iters(cfg), "timed_steps": len(times)}
+    if warmup_times:
+        extra["first_step_seconds"] = warmup_times[0]
+    if cfg.training.compile:
+        extra["compile"] = True
+    result = _result("train", cfg, name, batch_size, times, runner.device, extra)
+    if not count or cfg.training.compile:
+        return result
     flops = count_flops(lambda: runner(step_at, images))  # one more, untimed step
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.training.mixed_precision, torch.float32)
     result.extra.update(
@@ -162,6 +206,8 @@ def bench_eval(
     device = torch.device("cuda" if torch.cuda.is_available() and not cpu else "cpu")
     torch.manual_seed(0)
     model = build_model(cfg.model).to(device).eval()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     objective = Objective.geco({"beta": 0.55, "C_ema": 0.0}) if cfg.geco.enabled else Objective.elbo()
     iters = refinement_iters if refinement_iters is not None else cfg.test_refinement_iters()
     data = _test_images(cfg, num_images)

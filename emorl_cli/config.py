@@ -17,7 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from emorl_cli.errors import ConfigError
 
 # Number of mask entities (background included) in each known dataset's ground truth.
-DATASET_ENTITIES = {"tetrominoes": 4, "multi_dsprites": 6, "clevr6": 7, "clevr6_128": 11}
+DATASET_ENTITIES = {"tetrominoes": 4, "multi_dsprites": 6, "clevr6": 7, "clevr6_128": 11, "clevrtex": 11}
+# A dataset written by `emorl data import`: its entity count is whatever the file holds (checked when opened).
+CUSTOM_DATASET = "custom"
+# ClevrTex variants (Karazija et al., 2021); each is a folder `clevrtex_{variant}` of PNGs.
+CLEVRTEX_VARIANTS = ("full", "pbg", "vbg", "grassbg", "camo", "outd")
 # CLEVR crop box (left, top, right, bottom) used by the paper: 192x192 from the 240x320 frame.
 CLEVR_CROP_BOX = (64, 29, 256, 221)
 # Image sizes the "big" decoder produces: four stride-2 transposed convolutions from a 6x6 grid.
@@ -48,12 +52,20 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     """Where the images come from and how they are prepared."""
 
-    dataset: Literal["tetrominoes", "multi_dsprites", "clevr6", "clevr6_128"] = Field(
-        description="Dataset name; fixes the number of ground-truth mask entities and the factor kinds."
+    dataset: Literal["tetrominoes", "multi_dsprites", "clevr6", "clevr6_128", "clevrtex", "custom"] = Field(
+        description="Dataset name; fixes the number of ground-truth mask entities and the factor kinds "
+        "('custom': a file from `emorl data import`, whose masks say how many entities there are; 'clevrtex': "
+        "ClevrTex's variant folders)."
     )
     data_dir: Path = Field(Path("data"), description="Folder holding the .h5 files (`emorl data fetch` writes there).")
-    train_file: str = Field(description="Training .h5 file name inside data_dir (group `train`).")
-    test_file: str = Field(description="Test .h5 file name inside data_dir (group `test`).")
+    train_file: str = Field(
+        description="Training .h5 file name inside data_dir (group `train`); for ClevrTex the variant folder "
+        "(clevrtex_full), whose train split is the last 80% of its images."
+    )
+    test_file: str = Field(
+        description="Test .h5 file name inside data_dir (group `test`); for ClevrTex the variant folder "
+        "(clevrtex_full, clevrtex_camo, …), whose test split is the first 10% of its images (outd: all)."
+    )
     image_size: int = Field(gt=0, description="Side of the square image the model sees, in pixels (H = W).")
     clevr_crop: bool = Field(
         False,
@@ -68,6 +80,21 @@ class DataConfig(_Section):
     @classmethod
     def _image_side(cls, v: int) -> int:
         return check_at_most(v, "image_side")
+
+    @model_validator(mode="after")
+    def _clevrtex_folders(self) -> DataConfig:
+        if self.dataset != "clevrtex":
+            return self
+        folders = ", ".join(f"clevrtex_{v}" for v in CLEVRTEX_VARIANTS)
+        for key in ("train_file", "test_file"):
+            name = getattr(self, key)
+            if not name.startswith("clevrtex_") or name.removeprefix("clevrtex_") not in CLEVRTEX_VARIANTS:
+                raise ValueError(f"{key}={name!r} is no ClevrTex variant folder; use one of {folders}")
+        if self.train_file == "clevrtex_outd":
+            raise ValueError("train_file=clevrtex_outd: outd is a test set only; train on clevrtex_full")
+        if self.clevr_crop:
+            raise ValueError("clevr_crop is for CLEVR .h5 files; ClevrTex has its own centre crop, set it false")
+        return self
 
 
 class ModelConfig(_Section):
@@ -102,6 +129,35 @@ class ModelConfig(_Section):
         "(0.02 in the paper; at 0.02 the image is invisible to the slots at first, which makes the start slow).",
     )
 
+    encoder_width: int = Field(
+        64,
+        gt=0,
+        le=1024,
+        description="Channels of the image encoder's convolutions and token MLP (64 in the paper); smaller is "
+        "cheaper per step.",
+    )
+    decoder_width: Optional[int] = Field(
+        None,
+        gt=0,
+        le=1024,
+        description="Channels of the decoder's hidden convolutions; null: the decoder kind's own (32 'small', "
+        "64 'iodine' and 'big', as in the paper).",
+    )
+    attention_temperature: float = Field(
+        1.0,
+        gt=0,
+        le=100,
+        description="T in the slot-attention logits q·k/(T·√D): 1 in the paper; below 1 the slots compete "
+        "for the pixels more sharply from the first step.",
+    )
+    slot_init: Literal["shared", "per_slot"] = Field(
+        "shared",
+        description="λ⁰, the posterior the bottom-up layers start from: one learned [μ, s] shared by the K slots "
+        "(the paper; slots differ only by their samples, so the model is symmetric in its slots), or one per "
+        "slot ('per_slot', as learned slot queries in BO-QSA: slots differ from the first layer, and slot k "
+        "is no longer interchangeable with slot j).",
+    )
+
     @field_validator("input_size")
     @classmethod
     def _positive_size(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -119,6 +175,8 @@ class ModelConfig(_Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ModelConfig:
+        if self.kind == "slot_attention" and self.slot_init != "shared":
+            raise ValueError("model.slot_init='per_slot' is an EfficientMORL option; Slot Attention starts shared")
         if self.reverse_prior_plusplus and self.bottom_up_prior:
             raise ValueError(
                 "model.reverse_prior_plusplus=true needs model.bottom_up_prior=false; set one of them to false"
@@ -172,9 +230,29 @@ class TrainingConfig(_Section):
     keep_checkpoints: int = Field(3, gt=0, description="How many newest checkpoints to keep.")
     log_every: int = Field(100, gt=0, description="Write scalars every this many steps.")
     image_every: int = Field(1000, gt=0, description="Write TensorBoard images every this many steps.")
-    mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="Accelerate mixed precision.")
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
+        "no",
+        description="Autocast precision of the step: no (float32), bf16, or fp16 (with dynamic loss scaling; "
+        "steps with inf/NaN gradients are skipped and counted).",
+    )
+    compile: bool = Field(
+        False, description="Wrap the encoder, decoder and refinement networks with torch.compile (slow first steps)."
+    )
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes (batches are pinned on a GPU).")
     seed: int = Field(1, description="Random seed of the run.")
+    eval_every: int = Field(
+        0,
+        ge=0,
+        description="Evaluate on eval.num_images test images every this many steps and at the end (FG-ARI, "
+        "ARI, MSE, KL as `emorl eval ari`; rows in metrics.jsonl, eval/* in TensorBoard, checkpoints/best.pt); "
+        "0 turns it off.",
+    )
+    max_minutes: Optional[float] = Field(
+        None,
+        gt=0,
+        description="Wall-clock budget of the run in minutes, summed over resumes (evaluation included); "
+        "training stops at whichever comes first, this or `iters`. null: no budget.",
+    )
 
     @field_validator("refinement_curriculum")
     @classmethod
@@ -194,6 +272,13 @@ class TrainingConfig(_Section):
     @classmethod
     def _yaml_no(cls, v: Any) -> Any:
         return "no" if v is False else v  # YAML reads an unquoted `no` as false
+
+    @field_validator("max_minutes")
+    @classmethod
+    def _finite_budget(cls, v: Optional[float]) -> Optional[float]:
+        if v is not None and not math.isfinite(v):
+            raise ValueError(f"must be a finite number of minutes or null, got {v}")
+        return v
 
     @field_validator("clip_grad_norm")
     @classmethod
@@ -236,8 +321,8 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
-        entities = DATASET_ENTITIES[self.data.dataset]
-        if self.model.K < entities:
+        entities = DATASET_ENTITIES.get(self.data.dataset)  # None: known only from the file (custom)
+        if entities is not None and self.model.K < entities:
             raise ValueError(
                 f"model.K={self.model.K} is smaller than the {entities} entities (background included) of "
                 f"data.dataset='{self.data.dataset}'; set model.K ≥ {entities}"

@@ -12,14 +12,18 @@ Minimise the KL subject to a reconstruction constraint E[NLL] ≤ −C. The stat
 The update order per training step is the original's (train.py): forward/backward/optimizer step with the
 current state, then `update(step, nll)`. NLL is the batch mean of the final-stage per-image NLL (summed over
 pixels and channels): `ModelOutput.nll.mean()`. With several processes, pass the NLL averaged over all
-processes; given the same inputs every process computes bit-identical state (plain float32 CPU arithmetic).
+processes; given the same inputs every process computes bit-identical state (plain float32 arithmetic).
+
+The state lives on `device` (`to(device)`; the CPU by default) and the update never reads it back to the
+host, so a training step on a GPU does not wait for the device; `applied` (a 0-d bool tensor) leaves the
+state unchanged for a step whose update was skipped (fp16 loss scaling found inf/NaN gradients).
 
 How the state enters the loss is `emorl_cli.model.Objective` (`GECO.objective(step, kl_beta)`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import torch
 
@@ -31,11 +35,11 @@ BETA_FLOOR = GECO_BETA_INIT  # softplus(0.55) ≈ 1: the NLL never weighs less t
 STATE_KEYS = ("C_ema", "beta")
 
 
-def _scalar(value: Union[float, torch.Tensor]) -> torch.Tensor:
-    """A detached float32 0-d CPU tensor."""
+def _scalar(value: Union[float, torch.Tensor], device: Union[str, torch.device] = "cpu") -> torch.Tensor:
+    """A detached float32 0-d tensor on `device`."""
     if isinstance(value, torch.Tensor):
-        return value.detach().to(device="cpu", dtype=torch.float32).reshape(())
-    return torch.tensor(float(value), dtype=torch.float32)
+        return value.detach().to(device=device, dtype=torch.float32).reshape(())
+    return torch.tensor(float(value), dtype=torch.float32, device=device)
 
 
 class GECO:
@@ -55,8 +59,15 @@ class GECO:
         self.beta_step_size = float(beta_step_size)
         self.step_size_acceleration = float(step_size_acceleration)
         self.warm_start = int(warm_start)
+        self.device = torch.device("cpu")
         self.C_ema = torch.tensor(0.0)
         self.beta = torch.tensor(BETA_FLOOR)
+
+    def to(self, device: Union[str, torch.device]) -> GECO:
+        """Keep the state on `device` (where the training step runs); returns self."""
+        self.device = torch.device(device)
+        self.C_ema, self.beta = _scalar(self.C_ema, self.device), _scalar(self.beta, self.device)
+        return self
 
     @classmethod
     def from_config(cls, cfg: Union[Config, GecoConfig], total_target: float | None = None) -> GECO:
@@ -79,21 +90,33 @@ class GECO:
 
     def constraint(self, nll: Union[float, torch.Tensor]) -> torch.Tensor:
         """C − NLL (float32): positive when the reconstruction is better than the target."""
-        return torch.tensor(self.target, dtype=torch.float32) - _scalar(nll)
+        target = torch.tensor(self.target, dtype=torch.float32)  # a CPU scalar: no copy to the device
+        return target - _scalar(nll, self.device)
 
-    def update(self, step: int, nll: Union[float, torch.Tensor]) -> None:
-        """After training step `step`: initialise the EMA at the warm start, later update EMA then beta."""
+    def update(self, step: int, nll: Union[float, torch.Tensor], applied: Optional[torch.Tensor] = None) -> None:
+        """After training step `step`: initialise the EMA at the warm start, later update EMA then beta.
+
+        `applied`: 0-d bool tensor, False when the step's optimizer update was skipped; the state then stays
+        as it was (a skipped warm-start step leaves the EMA at 0).
+        """
+        if step < self.warm_start:
+            return
         if step == self.warm_start:
-            self.C_ema = self.constraint(nll)
-        elif step > self.warm_start:
-            self.C_ema = self.C_ema * self.ema_alpha + self.constraint(nll) * (1.0 - self.ema_alpha)
-            self._step_beta()
+            c_ema, beta = self.constraint(nll), self.beta
+        else:
+            c_ema = self.C_ema * self.ema_alpha + self.constraint(nll) * (1.0 - self.ema_alpha)
+            beta = self._stepped_beta(c_ema)
+        if applied is not None:
+            c_ema, beta = torch.where(applied, c_ema, self.C_ema), torch.where(applied, beta, self.beta)
+        self.C_ema, self.beta = c_ema, beta
 
-    def _step_beta(self) -> None:
-        step_size = self.beta_step_size
-        if self.C_ema > 0:
-            step_size *= self.step_size_acceleration
-        self.beta = torch.maximum(torch.tensor(BETA_FLOOR), self.beta - step_size * self.C_ema)
+    def _stepped_beta(self, c_ema: torch.Tensor) -> torch.Tensor:
+        """beta − η·C_ema, η accelerated while the constraint is met, floored (chosen on the device)."""
+        stepped = self.beta - self.beta_step_size * c_ema
+        if self.step_size_acceleration != 1.0:
+            fast = self.beta - (self.beta_step_size * self.step_size_acceleration) * c_ema
+            stepped = torch.where(c_ema > 0, fast, stepped)
+        return stepped.clamp_min(BETA_FLOOR)
 
     @property
     def nll_weight(self) -> float:
@@ -107,8 +130,8 @@ class GECO:
     # ------------------------------------------------------------------------------------------ state
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """{"C_ema", "beta"}: float32 0-d tensors (a copy)."""
-        return {"C_ema": self.C_ema.clone(), "beta": self.beta.clone()}
+        """{"C_ema", "beta"}: float32 0-d CPU tensors (a copy)."""
+        return {"C_ema": self.C_ema.detach().cpu().clone(), "beta": self.beta.detach().cpu().clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore `state_dict()` output (or the original checkpoint's geco_C_ema / geco_beta values)."""
@@ -119,8 +142,8 @@ class GECO:
                 f"GECO state must have keys {list(STATE_KEYS)}; missing {missing}, unexpected {extra}; "
                 "the checkpoint is damaged or not an emorl checkpoint"
             )
-        self.C_ema = _scalar(state["C_ema"])
-        self.beta = _scalar(state["beta"])
+        self.C_ema = _scalar(state["C_ema"], self.device)
+        self.beta = _scalar(state["beta"], self.device)
 
     def __repr__(self) -> str:
         return (

@@ -119,9 +119,9 @@ def propose_target(steps: np.ndarray, nll_per_pixel: np.ndarray, pixels: int, pi
 
 def read_nll_curve(metrics: Path, pixels: int) -> tuple[np.ndarray, np.ndarray]:
     """(steps, NLL per pixel and channel) from a run's metrics.jsonl (a cut-off last line is skipped)."""
-    from emorl_cli.training.run_logs import MetricsLog
+    from emorl_cli.training.run_logs import read_rows
 
-    rows = [r for r in MetricsLog(metrics).read() if "nll" in r]
+    rows = [r for r in read_rows(metrics)[0] if "nll" in r]
     return np.array([r["step"] for r in rows]), np.array([r["nll"] / pixels for r in rows], dtype=np.float64)
 
 

@@ -24,3 +24,15 @@ def cli(runner):
         return runner.invoke(app, [str(a) for a in args], **kwargs)
 
     return invoke
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip the tests marked `cuda` where torch sees no CUDA GPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

@@ -5,7 +5,7 @@ import sys
 
 from emorl_cli import __version__
 
-COMMANDS = ["data", "train", "eval", "gifs", "viz", "tune-geco", "demo", "bench", "config"]
+COMMANDS = ["data", "train", "eval", "gifs", "viz", "tune-geco", "demo", "bench", "config", "models"]
 
 
 def test_help_lists_every_command(cli):
@@ -16,7 +16,8 @@ def test_help_lists_every_command(cli):
 
 
 def test_group_help_lists_subcommands(cli):
-    assert all(c in cli("data", "--help").output for c in ["fetch", "synth", "info", "verify"])
+    assert all(c in cli("data", "--help").output for c in ["fetch", "synth", "import", "info", "verify"])
+    assert all(c in cli("models", "--help").output for c in ["list", "fetch"])
     assert all(c in cli("eval", "--help").output for c in ["ari", "dci"])
     assert all(c in cli("config", "--help").output for c in ["show", "validate", "convert"])
 

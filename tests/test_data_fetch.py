@@ -3,133 +3,25 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import io
 import json
 import socket
-import threading
 import urllib.error
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Optional
 
 import pytest
+from fake_server import RECORD, FakeZenodo, md5
 from typer.testing import CliRunner
 
 from emorl_cli.cli.app import app
-from emorl_cli.data import zenodo
+from emorl_cli.data import download, zenodo
 from emorl_cli.data.manifest import Manifest
 from emorl_cli.data.registry import MANIFEST_NAME
 from emorl_cli.errors import DownloadError
 
-RECORD = "4895643"
 FIXTURE = Path(__file__).parent / "data" / "fixtures" / "tetrominoes_iodine_mini_test.h5"
 runner = CliRunner()
-
-
-def md5(data: bytes) -> str:
-    return hashlib.md5(data).hexdigest()
-
-
-class FakeZenodo:
-    """A Zenodo records API and file server with switches for faults."""
-
-    def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}
-        self.checksums: dict[str, str] = {}  # key -> md5 announced in the record (default: the true md5)
-        self.cut_once: dict[str, int] = {}  # key -> bytes sent before the connection is dropped (once)
-        self.hold_once: dict[
-            str, tuple[int, threading.Event]
-        ] = {}  # key -> (bytes sent, event awaited before the rest)
-        self.corrupt_once: set[str] = set()
-        self.corrupt_always: set[str] = set()
-        self.status: dict[str, int] = {}  # path -> HTTP status to answer (always)
-        self.status_once: dict[str, int] = {}  # path -> HTTP status to answer once
-        self.requests: list[tuple[str, Optional[str]]] = []  # (path, Range header)
-        self.lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-
-    def record(self) -> dict:
-        return {
-            "id": int(RECORD),
-            "files": [
-                {
-                    "key": key,
-                    "size": len(data),
-                    "checksum": "md5:" + self.checksums.get(key, md5(data)),
-                    "links": {"self": f"{self.url}/files/{key}"},
-                }
-                for key, data in self.files.items()
-            ],
-        }
-
-    def file_gets(self, key: str) -> list[Optional[str]]:
-        """Range headers of the GETs of one file (None for a plain GET)."""
-        return [rng for path, rng in self.requests if path == f"/files/{key}"]
-
-    def _handler(self):
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:  # quiet
-                pass
-
-            def do_GET(self) -> None:  # noqa: N802
-                path = self.path.split("?")[0]
-                with fake.lock:
-                    fake.requests.append((path, self.headers.get("Range")))
-                    code = fake.status.get(path) or fake.status_once.pop(path, None)
-                if code:
-                    self.send_error(code)
-                    return
-                if path == f"/api/records/{RECORD}":
-                    body = json.dumps(fake.record()).encode()
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                    return
-                key = path[len("/files/") :]
-                if not path.startswith("/files/") or key not in fake.files:
-                    self.send_error(404)
-                    return
-                data = fake.files[key]
-                with fake.lock:
-                    if key in fake.corrupt_always or key in fake.corrupt_once:
-                        fake.corrupt_once.discard(key)
-                        data = bytes([data[0] ^ 0xFF]) + data[1:]
-                    cut = fake.cut_once.pop(key, None)
-                    hold = fake.hold_once.pop(key, None)
-                start = 0
-                rng = self.headers.get("Range")
-                if rng and rng.startswith("bytes=") and rng.endswith("-"):
-                    start = int(rng[len("bytes=") : -1])
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                else:
-                    self.send_response(200)
-                body = data[start:]
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Accept-Ranges", "bytes")
-                self.end_headers()
-                if cut is not None:
-                    self.wfile.write(body[:cut])
-                    self.wfile.flush()
-                    self.close_connection = True
-                    return
-                if hold is not None:  # a slow transfer: part now, the rest once the test says so
-                    sent, event = hold
-                    self.wfile.write(body[:sent])
-                    self.wfile.flush()
-                    event.wait(30)
-                    body = body[sent:]
-                self.wfile.write(body)
-
-        return Handler
 
 
 @pytest.fixture()
@@ -359,7 +251,7 @@ def test_disk_full_keeps_the_part_and_says_so(fake, tmp_path, monkeypatch):
         handle = real_open(path, mode, *args, **kwargs)
         return FullDisk(handle) if "a" in mode or "w" in mode else handle
 
-    monkeypatch.setattr(zenodo, "open", fake_open, raising=False)
+    monkeypatch.setattr(download, "open", fake_open, raising=False)
     result = fetch(fake, tmp_path)
     assert result.exit_code == 1
     assert "disk full" in one_line_error(result)
@@ -369,7 +261,7 @@ def test_disk_full_keeps_the_part_and_says_so(fake, tmp_path, monkeypatch):
 
 def test_not_enough_free_space_is_reported_before_downloading(fake, tmp_path, monkeypatch):
     fake.files = {"a.h5": payload(10_000, 11)}
-    monkeypatch.setattr(zenodo.shutil, "disk_usage", lambda p: type("U", (), {"free": 100})())
+    monkeypatch.setattr(download.shutil, "disk_usage", lambda p: type("U", (), {"free": 100})())
     result = fetch(fake, tmp_path)
     assert result.exit_code == 1
     assert "not enough disk space" in one_line_error(result)

@@ -350,3 +350,56 @@ def test_the_paper_init_hides_the_image_from_the_slots():
             keys, _ = model.hvae_networks.encode(x)  # [B, H*W, D]
         spread[gain] = keys.std(dim=0).mean().item()  # over images, per pixel and channel
     assert spread[0.02] < 1e-8 < 1e-3 < spread[1.0]
+
+
+# ---------------------------------------------------------------------------------------- demo-only options
+
+
+@pytest.mark.parametrize("kind", ["emorl", "slot_attention"])
+def test_encoder_and_decoder_widths_change_only_those_layers(kind):
+    paper, narrow = small_model(kind=kind), small_model(kind=kind, encoder_width=16, decoder_width=8)
+    shapes = {name: tuple(p.shape) for name, p in paper.named_parameters()}
+    changed = {name for name, p in narrow.named_parameters() if tuple(p.shape) != shapes[name]}
+    assert set(dict(narrow.named_parameters())) == set(shapes)  # same names: same checkpoint layout
+    assert changed and all(
+        "encoder" in n or "decode." in n or "to_k" in n or "to_v" in n or "pos_embed" in n for n in changed
+    )
+    encoder = narrow.hvae_networks if kind == "emorl" else narrow
+    assert encoder.encoder_pt_1[0].out_channels == 16 and encoder.image_decoder.decode[0].out_channels == 8
+    out = narrow(images(2), refinement_iters=1) if kind == "emorl" else narrow(images(2))
+    assert out.means.shape == (2, 3, 3, 12, 12) and torch.isfinite(out.loss)
+    assert sum(p.numel() for p in narrow.parameters()) < sum(p.numel() for p in paper.parameters())
+
+
+def test_per_slot_initialisation_tells_the_slots_apart_before_any_noise():
+    shared, per_slot = small_model(), small_model(slot_init="per_slot")
+    assert shared.hvae_networks.init_posterior.shape == (1, 16)
+    assert per_slot.hvae_networks.init_posterior.shape == (3, 16)
+    zero = lambda shape: torch.zeros(tuple(shape))  # noqa: E731  (no noise: slots differ only by λ⁰)
+    with torch.no_grad():
+        same = shared(images(2), refinement_iters=0, noise=zero).posterior_loc  # [B, K, D]
+        apart = per_slot(images(2), refinement_iters=0, noise=zero).posterior_loc
+    assert torch.allclose(same[:, 0], same[:, 1]) and torch.allclose(same[:, 1], same[:, 2])
+    assert (apart[:, 0] - apart[:, 1]).abs().max() > 1e-3 and (apart[:, 1] - apart[:, 2]).abs().max() > 1e-3
+    # every image's slot k starts from row k, whatever the batch size
+    with torch.no_grad():
+        one = per_slot(images(1), refinement_iters=0, noise=zero).posterior_loc
+    torch.testing.assert_close(one[0], apart[0], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="per_slot"):
+        ModelConfig(**SMALL, kind="slot_attention", slot_init="per_slot")
+
+
+@pytest.mark.parametrize("kind", ["emorl", "slot_attention"])
+def test_attention_temperature_divides_the_logits(kind):
+    # gain 1: at the paper's 0.02 the attention is exactly uniform at any temperature (see the test above)
+    paper = small_model(kind=kind, init_gain=1.0)
+    sharp = small_model(kind=kind, init_gain=1.0, attention_temperature=0.25)
+    assert sharp.load_state_dict(paper.state_dict()) is not None  # same weights, only T differs
+    net = (lambda m: m.hvae_networks) if kind == "emorl" else (lambda m: m)
+    assert net(sharp).scale == pytest.approx(4 * net(paper).scale) == pytest.approx(4 * 8**-0.5)
+    noise = Recorder(3, seed=1)
+    with torch.no_grad():
+        flat = paper(images(2), noise=noise, record=True).trace[0].attention
+        peaked = sharp(images(2), noise=Recorder(3, replay=noise.draws), record=True).trace[0].attention
+    entropy = lambda a: -(a * a.log()).sum(1).mean()  # noqa: E731  (over slots, per pixel)
+    assert entropy(peaked) < entropy(flat)

@@ -26,8 +26,9 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from fake_server import FakeZenodo
 from helpers import TINY, set_options, subprocess_env, tiny_config
-from test_data_fetch import FakeZenodo, payload
+from test_data_fetch import payload
 from typer.testing import CliRunner
 
 from emorl_cli import demo as demo_module
@@ -522,7 +523,7 @@ def test_case11_archive_members_named_like_emorls_own_files_are_refused(tmp_path
         fake.server.shutdown()
         fake.server.server_close()
     line = one_error_line(result)
-    assert repr(member) in line and "a name emorl keeps for its own bookkeeping" in line
+    assert repr(member) in line and "emorl keeps for its own bookkeeping" in line
     assert not (tmp_path / "a.txt").exists()
     assert not (tmp_path / "sub").exists()
 

@@ -22,7 +22,13 @@ from rich.table import Table
 from emorl_cli.cli.console import console, err_console, is_interactive, print_table
 from emorl_cli.cli.options import in_range
 from emorl_cli.data.progress import human_bytes
-from emorl_cli.data.registry import ZENODO_BASE_URL, ZENODO_RECORD_ID
+from emorl_cli.data.registry import (
+    CLEVRTEX_BASE_URL,
+    CLEVRTEX_VARIANTS,
+    MANIFEST_NAME,
+    ZENODO_BASE_URL,
+    ZENODO_RECORD_ID,
+)
 from emorl_cli.errors import DataError, InputError
 
 app = typer.Typer(no_args_is_help=True)
@@ -67,21 +73,40 @@ class RichProgress:
 # --------------------------------------------------------------------------------------------- fetch
 
 
+# Members listed one by one up to this many; beyond, one line per archive.
+LIST_MEMBERS_UP_TO = 20
+
+
 @app.command()
 def fetch(
     zenodo: Annotated[
         bool,
         typer.Option("--zenodo", help=f"Download the EfficientMORL files from Zenodo (record {ZENODO_RECORD_ID})."),
     ] = False,
+    clevrtex: Annotated[
+        bool, typer.Option("--clevrtex", help="Download ClevrTex in its published folder layout (see --variant).")
+    ] = False,
+    variant: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--variant",
+            help=f"With --clevrtex: this variant only (repeatable; default all: {', '.join(CLEVRTEX_VARIANTS)}).",
+        ),
+    ] = None,
     dest: Annotated[Path, typer.Option("--dest", help="Folder to put the files in.")] = Path("data"),
     only: Annotated[
         Optional[list[str]],
         typer.Option("--only", help="Fetch only this file of the record (repeatable), e.g. --only tetrominoes.h5."),
     ] = None,
     record: Annotated[str, typer.Option("--record", help="Zenodo record id.")] = ZENODO_RECORD_ID,
-    base_url: Annotated[str, typer.Option("--base-url", help="Zenodo server (a mirror or a test server).")] = (
-        ZENODO_BASE_URL
-    ),
+    base_url: Annotated[
+        Optional[str],
+        typer.Option(
+            "--base-url",
+            help=f"Server to download from, a mirror or a test server (default {ZENODO_BASE_URL} for --zenodo, "
+            f"{CLEVRTEX_BASE_URL} for --clevrtex).",
+        ),
+    ] = None,
     retries: Annotated[int, typer.Option("--retries", min=0, help="Retries per file after a network error.")] = 5,
     timeout: Annotated[
         float,
@@ -97,33 +122,44 @@ def fetch(
         bool, typer.Option("--recheck", help="Re-hash files the manifest vouches for; re-download any that changed.")
     ] = False,
 ) -> None:
-    """Download the EfficientMORL datasets from Zenodo: resumable, md5-verified, renamed into place only when whole.
+    """Download the EfficientMORL datasets from Zenodo, or ClevrTex: resumable, verified, renamed into place only
+    when whole.
 
     Writes a manifest (name, size, md5) next to the data; a second run downloads nothing.
     """
-    from emorl_cli.data.zenodo import FetchOptions, fetch_zenodo
+    if zenodo == clevrtex:
+        raise InputError("give one source: --zenodo (the EfficientMORL .h5 files) or --clevrtex")
+    transfer = {"retries": retries, "backoff_s": backoff, "timeout_s": timeout, "recheck": recheck}
+    if zenodo:
+        from emorl_cli.data.zenodo import FetchOptions, fetch_zenodo
 
-    if not zenodo:
-        raise InputError("no source given; add --zenodo (the only source so far)")
-    opts = FetchOptions(
-        record=record,
-        base_url=base_url,
-        only=tuple(only or ()),
-        retries=retries,
-        backoff_s=backoff,
-        timeout_s=timeout,
-        recheck=recheck,
-    )
-    result = fetch_zenodo(dest, opts, RichProgress())
+        if variant:
+            raise InputError(f"--variant {variant[0]} applies to --clevrtex only; pick Zenodo files with --only")
+        opts = FetchOptions(record=record, base_url=base_url or ZENODO_BASE_URL, only=tuple(only or ()), **transfer)
+        result = fetch_zenodo(dest, opts, RichProgress())
+    else:
+        from emorl_cli.data.clevrtex_fetch import ClevrTexFetchOptions, fetch_clevrtex
+
+        if only or record != ZENODO_RECORD_ID:
+            raise InputError("--only and --record apply to --zenodo only; pick ClevrTex variants with --variant")
+        clevrtex_opts = ClevrTexFetchOptions(
+            variants=tuple(variant or ()), base_url=base_url or CLEVRTEX_BASE_URL, **transfer
+        )
+        result = fetch_clevrtex(dest, clevrtex_opts, RichProgress())
     for name in result.downloaded:
         note = " (refetched after a checksum mismatch)" if name in result.refetched else ""
         console.print(f"[green]✓[/] {name} downloaded and verified{note}")
-    for name in result.extracted:
-        console.print(f"[green]✓[/] {name} extracted and verified")
+    if len(result.extracted) <= LIST_MEMBERS_UP_TO:
+        for name in result.extracted:
+            console.print(f"[green]✓[/] {name} extracted and verified")
+    else:
+        for archive, count in result.unpacked.items():
+            console.print(f"[green]✓[/] {archive}: {count:,} files extracted and verified")
     for name in result.skipped:
         console.print(f"[dim]· {name} already verified, skipped[/]")
     console.print(f"manifest: {result.manifest}", soft_wrap=True, highlight=False)
-    for folder in result.h5_folders:
+    folders = result.h5_folders if zenodo else [result.dest]
+    for folder in folders:
         console.print(f"use the data with --data-dir {folder}", soft_wrap=True, highlight=False)
 
 
@@ -158,6 +194,73 @@ def synth(
             highlight=False,
         )
     console.print(f"use the data with --data-dir {out}", soft_wrap=True, highlight=False)
+
+
+# --------------------------------------------------------------------------------------------- import
+
+
+def _train_command(path: Path, size: int, entities: Optional[int]) -> str:
+    """The `emorl train custom …` line that trains on an imported file (only the fields that differ)."""
+    from emorl_cli.config import load_config
+
+    template = load_config("custom")
+    sets = [f"data.data_dir={path.parent}"] if path.parent != template.data.data_dir else []
+    if path.name != template.data.train_file or path.name != template.data.test_file:
+        sets += [f"data.train_file={path.name}", f"data.test_file={path.name}"]
+    if size != template.data.image_size:
+        sets += [f"data.image_size={size}", f"'model.input_size=[3,{size},{size}]'"]
+    if entities is not None and entities > template.model.K:
+        sets.append(f"model.K={entities}")
+    return " ".join(["emorl train custom", *(f"--set {item}" for item in sets)])
+
+
+@app.command("import")
+def import_images(
+    folder: Annotated[Path, typer.Argument(help="Folder of PNG or JPEG pictures (any size).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The .h5 file to write (both splits, train and test).")],
+    size: Annotated[int, typer.Option("--size", help="Side S of the square images stored, in pixels.")] = 64,
+    masks: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--masks",
+            help="Folder of integer label masks (PNG, same file names; 0 = background) for ARI. Optional.",
+        ),
+    ] = None,
+    split_test: Annotated[
+        float, typer.Option("--split-test", help="Share of the images kept for the test split, in (0, 1).")
+    ] = 0.1,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the train/test split.")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
+) -> None:
+    """Pack a folder of pictures (and label masks) into an .h5 file to train on with the `custom` config.
+
+    Each picture is centre-cropped to a square and resized to --size; masks are cropped the same way, resized
+    nearest-neighbour and stored one-hot. Writes atomically and records the file in emorl-manifest.json.
+    """
+    from emorl_cli.data.folder_import import import_folder
+
+    result = import_folder(
+        folder, out, size=size, masks=masks, test_fraction=split_test, seed=seed, force=force, progress=RichProgress()
+    )
+    s = result.image_size
+    held = f"masks with up to {result.entities} entities (background included)" if result.entities else "no masks"
+    console.print(
+        f"[green]✓[/] {result.path} — {len(result.train_names):,} training and {len(result.test_names):,} test "
+        f"images of {s}x{s}, {held}",
+        soft_wrap=True,
+        highlight=False,
+    )
+    console.print(f"manifest: {result.path.parent / MANIFEST_NAME}", soft_wrap=True, highlight=False)
+    if result.entities:
+        console.print(f"model.K must be at least {result.entities}", highlight=False)
+    else:
+        console.print(
+            "choose model.K: at least the most objects in one picture + 1 (background); "
+            "`emorl eval ari` needs masks (--masks), `emorl viz` and `emorl gifs` do not",
+            soft_wrap=True,
+            highlight=False,
+        )
+    console.print(f"train with: {_train_command(result.path, s, result.entities)}", soft_wrap=True, highlight=False)
 
 
 # --------------------------------------------------------------------------------------------- info
@@ -233,7 +336,7 @@ def verify(
         raise DataError(
             f"{len(bad)} of {len(checks)} files in {folder} failed verification: "
             + "; ".join(c.describe() for c in bad)
-            + f" — fetch them again with `emorl data fetch --zenodo --dest {folder} --recheck` "
-            "(or re-run `emorl data synth … --force`)"
+            + f" — fetch them again with `emorl data fetch --zenodo --dest {folder} --recheck` (ClevrTex: "
+            "--clevrtex instead of --zenodo), or re-run `emorl data synth … --force`"
         )
     console.print(f"[green]✓[/] all {len(checks)} files in {folder} match the manifest", soft_wrap=True)

@@ -21,13 +21,15 @@ from emorl_cli.cli.options import (
     in_range,
 )
 from emorl_cli.cli.progress import image_progress
+from emorl_cli.errors import InputError
 
 app = typer.Typer(no_args_is_help=True)
 
 DataFileOpt = Annotated[
-    Optional[Path], typer.Option("--data", help="An .h5 file to evaluate on (instead of --data-dir).")
+    Optional[Path],
+    typer.Option("--data", help="An .h5 file (ClevrTex: a variant folder) to evaluate on (instead of --data-dir)."),
 ]
-SplitOpt = Annotated[str, typer.Option("--split", help="Group of the .h5 file: test or train.")]
+SplitOpt = Annotated[str, typer.Option("--split", help="Group of the .h5 file: test or train (ClevrTex: also val).")]
 NumImagesOpt = Annotated[
     Optional[int],
     typer.Option(
@@ -38,7 +40,15 @@ NumImagesOpt = Annotated[
 ]
 __all__ = ["DataFileOpt", "IterOpt", "SplitOpt", "app"]
 
-METRIC_LABELS = {"fg_ari": "FG-ARI", "ari": "ARI", "mse": "MSE", "kl": "KL", "nll": "NLL"}
+METRIC_LABELS = {"fg_ari": "FG-ARI", "ari": "ARI", "mse": "MSE", "kl": "KL", "nll": "NLL", "miou": "mIoU"}
+VariantOpt = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--variant",
+        help="ClevrTex only: evaluate this variant (full, pbg, vbg, grassbg, camo, outd; repeatable; "
+        "default: the config's data.test_file).",
+    ),
+]
 
 
 def _out_dir(out: Optional[Path], checkpoint: Path, what: str) -> Path:
@@ -73,37 +83,45 @@ def ari(
     refinement_iters: IterOpt = None,
     seed: SeedOpt = None,
     out: OutOpt = None,
+    variant: VariantOpt = None,
 ) -> None:
-    """FG-ARI (background dropped), ARI, MSE, KL and NLL per image; mean ± std over images."""
+    """FG-ARI (background dropped), ARI, MSE, KL and NLL per image; mean ± std over images.
+
+    On ClevrTex: the benchmark's ARI, FG-ARI, mIoU and MSE (summed over pixels) and KL, one row per variant.
+    """
     from emorl_cli.evaluate.ari_report import format_stats, run_ari_eval
+    from emorl_cli.evaluate.clevrtex_report import open_variants, run_clevrtex_eval
     from emorl_cli.evaluate.session import load_model, open_eval_split
 
     loaded = load_model(checkpoint, config, overrides)
     cfg = loaded.cfg
-    dataset = open_eval_split(cfg, data_dir=data_dir, data_file=data, split=split)
-    accelerator = _accelerator()
-    count = min(len(dataset), num_images if num_images is not None else cfg.eval.num_images)
+    limit = num_images if num_images is not None else cfg.eval.num_images
     n_samples = samples if samples is not None else cfg.eval.samples
-    out_dir = _out_dir(out, checkpoint, "eval")
-    with image_progress("eval ari", count * n_samples, enabled=accelerator is None) as advance:
-        report = run_ari_eval(
-            loaded,
-            dataset,
-            num_images=count,
-            batch_size=batch_size if batch_size is not None else cfg.eval.batch_size,
-            samples=n_samples,
-            refinement_iters=refinement_iters,
-            seed=cfg.training.seed if seed is None else seed,
-            out_dir=out_dir,
-            accelerator=accelerator,
-            progress=lambda n: advance(n * n_samples),
-        )
-    if accelerator is not None:  # every process reaches this point before any leaves the process group
-        accelerator.wait_for_everyone()
-        is_main = accelerator.is_main_process
-        accelerator.end_training()
-        if not is_main:
-            return
+    if cfg.data.dataset == "clevrtex":
+        variants = open_variants(cfg, variant or [], data_dir=data_dir, data_file=data, split=split)
+        run, data_set, total = run_clevrtex_eval, variants, sum(min(len(d), limit) for d in variants.values())
+    elif variant:
+        raise InputError(f"--variant applies to ClevrTex configs only; this checkpoint's data is {cfg.data.dataset!r}")
+    else:
+        dataset = open_eval_split(cfg, data_dir=data_dir, data_file=data, split=split)
+        run, data_set, total = run_ari_eval, dataset, min(len(dataset), limit)
+    report = _run_sharded(
+        run,
+        loaded,
+        data_set,
+        total=total * n_samples,
+        num_images=limit,
+        batch_size=batch_size if batch_size is not None else cfg.eval.batch_size,
+        samples=n_samples,
+        refinement_iters=refinement_iters,
+        seed=cfg.training.seed if seed is None else seed,
+        out_dir=_out_dir(out, checkpoint, "eval"),
+    )
+    if report is None:  # not the main process
+        return
+    if cfg.data.dataset == "clevrtex":
+        _clevrtex_table(report, loaded, split, refinement_iters)
+        return
     iters = loaded.refinement_iters(refinement_iters)
     table = Table(
         title=f"{checkpoint.name} on {dataset.path.name}/{split}: {len(report.per_image)} images"
@@ -126,6 +144,50 @@ def ari(
         table.add_row(*row)
     print_table(table)
     console.print(f"results: {report.results_path}\nper image: {report.per_image_path}", highlight=False)
+
+
+def _run_sharded(run, loaded, data_set, *, total: int, samples: int, **kwargs):
+    """`run(loaded, data_set, …)` (`run_ari_eval` or `run_clevrtex_eval`) under a progress bar, sharded over
+    the processes of a multi-process launch; returns its report on the main process, None on the others."""
+    accelerator = _accelerator()
+    with image_progress("eval ari", total, enabled=accelerator is None) as advance:
+        report = run(
+            loaded,
+            data_set,
+            samples=samples,
+            accelerator=accelerator,
+            progress=lambda n: advance(n * samples),
+            **kwargs,
+        )
+    if accelerator is not None:  # every process reaches this point before any leaves the process group
+        accelerator.wait_for_everyone()
+        is_main = accelerator.is_main_process
+        accelerator.end_training()
+        if not is_main:
+            return None
+    return report
+
+
+def _clevrtex_table(report, loaded, split: str, refinement_iters: Optional[int]) -> None:
+    """`eval ari` on ClevrTex: one table row per variant."""
+    from emorl_cli.evaluate.ari_report import format_stats
+    from emorl_cli.evaluate.clevrtex_report import CLEVRTEX_METRICS
+
+    iters = loaded.refinement_iters(refinement_iters)
+    table = Table(
+        title=f"{loaded.checkpoint.name} on ClevrTex ({split})" + (f", I={iters}" if iters is not None else ""),
+        caption="mean ± std over images; MSE summed over pixels and channels (the ClevrTex benchmark's)",
+    )
+    table.add_column("variant")
+    table.add_column("images", justify="right")
+    metrics = [m for m in CLEVRTEX_METRICS if any(m in s for s in report.summaries.values())]
+    for metric in metrics:
+        table.add_column(METRIC_LABELS[metric], justify="right")
+    for name, summary in report.summaries.items():
+        cells = [format_stats(summary[m]) if m in summary else "" for m in metrics]
+        table.add_row(name, str(len(report.per_image[name])), *cells)
+    print_table(table)
+    console.print(f"results: {report.results_path}", highlight=False)
 
 
 @app.command()
@@ -211,7 +273,7 @@ def activeness(
     from emorl_cli.evaluate.session import load_model, open_eval_split
 
     loaded = load_model(checkpoint, config, overrides)
-    dataset = open_eval_split(loaded.cfg, data_dir=data_dir, data_file=data, split=split)
+    dataset = open_eval_split(loaded.cfg, data_dir=data_dir, data_file=data, split=split, need_masks=False)
     result, path = run_activeness(
         loaded,
         dataset,

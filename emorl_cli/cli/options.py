@@ -42,7 +42,11 @@ SetOpt = Annotated[
     typer.Option("--set", "-s", help="Override a config field, dotted: --set training.iters=100 (repeatable)."),
 ]
 DataDirOpt = Annotated[
-    Optional[Path], typer.Option("--data-dir", help="Folder holding the dataset .h5 files (overrides data.data_dir).")
+    Optional[Path],
+    typer.Option(
+        "--data-dir",
+        help="Folder holding the dataset .h5 files, or ClevrTex's variant folders (overrides data.data_dir).",
+    ),
 ]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder.")]
 CheckpointOpt = Annotated[

@@ -51,7 +51,7 @@ def gifs(
     from emorl_cli.viz.pipeline import make_gifs
 
     loaded = load_model(checkpoint, config, overrides)
-    dataset = open_eval_split(loaded.cfg, data_dir=data_dir, data_file=data, split=split)
+    dataset = open_eval_split(loaded.cfg, data_dir=data_dir, data_file=data, split=split, need_masks=False)
     if not 0 <= image_index < len(dataset):
         raise InputError(
             f"--image-index {image_index} is outside the {len(dataset)} images of {split}; pick 0..{len(dataset) - 1}"
@@ -103,7 +103,7 @@ def viz(
 
     loaded = load_model(checkpoint, config, overrides)
     torch.manual_seed(loaded.cfg.training.seed if seed is None else seed)
-    dataset = open_eval_split(loaded.cfg, data_dir=data_dir, data_file=data, split=split)
+    dataset = open_eval_split(loaded.cfg, data_dir=data_dir, data_file=data, split=split, need_masks=False)
     count = min(num_images, len(dataset))
     iters = loaded.refinement_iters(refinement_iters)
     with image_progress("viz", count) as advance:

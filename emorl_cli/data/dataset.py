@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from emorl_cli.config import CLEVR_CROP_BOX, DataConfig
+from emorl_cli.config import CLEVR_CROP_BOX, DATASET_ENTITIES, DataConfig
 from emorl_cli.data.h5 import (
     SAMPLE_CHECK,
     SplitLayout,
@@ -129,7 +129,41 @@ def collate_batch(batch: Any) -> Any:
     return default_collate(batch)
 
 
-class H5Dataset(Dataset):
+class BatchedDataset(Dataset):
+    """A map-style Dataset whose one job is `get_batch(indices)`; items and DataLoader batches come from it.
+
+    Subclasses set `path` and `split` and implement `__len__` and `get_batch`.
+    """
+
+    path: Path
+    split: str
+
+    def get_batch(self, indices: Any) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def _normalise(self, indices: Any) -> np.ndarray:
+        """Indices as int64 [B], negative ones counted from the end; out of range is an IndexError."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        n = len(self)  # type: ignore[arg-type]
+        idx = np.where(idx < 0, idx + n, idx)
+        if idx.size and (idx.min() < 0 or idx.max() >= n):
+            raise IndexError(f"index out of range for {n} images in {self.path}/{self.split}")
+        return idx
+
+    def __getitems__(self, indices: list[int]) -> StackedBatch:
+        """Batched fetch used by torch's DataLoader (one call per batch)."""
+        return StackedBatch(self.get_batch(indices))
+
+    def __getitem__(self, i: IndexLike) -> dict[str, Any]:
+        if not isinstance(i, (int, np.integer)):
+            raise TypeError(f"index must be an int, got {type(i).__name__}; use get_batch for many indices")
+        batch = self.get_batch([int(i)])
+        item: dict[str, Any] = {k: v[0] for k, v in batch.items() if k != "index"}
+        item["index"] = int(batch["index"][0])
+        return item
+
+
+class H5Dataset(BatchedDataset):
     """One split (`train` or `test`) of an .h5 file in the EfficientMORL layout.
 
     The file is validated when the dataset is built. With `in_memory` (and when the split fits in half the
@@ -303,14 +337,6 @@ class H5Dataset(Dataset):
     def __len__(self) -> int:
         return self.layout.num_images
 
-    def _normalise(self, indices: Any) -> np.ndarray:
-        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        n = len(self)
-        idx = np.where(idx < 0, idx + n, idx)
-        if idx.size and (idx.min() < 0 or idx.max() >= n):
-            raise IndexError(f"index out of range for {n} images in {self.path}/{self.split}")
-        return idx
-
     def _read_rows(self, idx: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]:
         """Images [B, 3, H, W], masks [B, O, Hm, Wm, 1], factors [B, O, F] for sample indices `idx`."""
         if self.in_memory:
@@ -357,18 +383,6 @@ class H5Dataset(Dataset):
         out["index"] = torch.from_numpy(idx.copy())
         return out
 
-    def __getitems__(self, indices: list[int]) -> StackedBatch:
-        """Batched fetch used by torch's DataLoader (one call per batch)."""
-        return StackedBatch(self.get_batch(indices))
-
-    def __getitem__(self, i: IndexLike) -> dict[str, Any]:
-        if not isinstance(i, (int, np.integer)):
-            raise TypeError(f"index must be an int, got {type(i).__name__}; use get_batch for many indices")
-        batch = self.get_batch([int(i)])
-        item: dict[str, Any] = {k: v[0] for k, v in batch.items() if k != "index"}
-        item["index"] = int(batch["index"][0])
-        return item
-
     def __repr__(self) -> str:
         mode = "in memory" if self.in_memory else "from disk"
         return (
@@ -394,7 +408,8 @@ def open_split(
     load_masks: Optional[bool] = None,
     load_factors: Optional[bool] = None,
 ) -> H5Dataset:
-    """The Dataset for one split of a config's data, validated against the config.
+    """The Dataset for one split of a config's data, validated against the config (ClevrTex: a
+    `ClevrTexDataset`, which gives the same batches).
 
     Args:
         data_cfg: the `data` section (file names, image size, CLEVR crop, masks/factors, in_memory).
@@ -406,6 +421,12 @@ def open_split(
         DataError: the file is missing, unreadable, not in the layout, or its image size differs from
             `data.image_size`.
     """
+    if data_cfg.dataset == "clevrtex":  # PNG folders, not .h5: a `ClevrTexDataset` with the same batches
+        from emorl_cli.data.clevrtex import open_clevrtex_split
+
+        return open_clevrtex_split(  # type: ignore[return-value]
+            data_cfg, split, data_dir, in_memory=in_memory, load_masks=load_masks, load_factors=load_factors
+        )
     path = resolve_split_path(data_cfg, split, data_dir)
     return H5Dataset(
         path,
@@ -415,6 +436,20 @@ def open_split(
         clevr_crop=data_cfg.clevr_crop,
         image_size=data_cfg.image_size,
         in_memory=data_cfg.in_memory if in_memory is None else in_memory,
+    )
+
+
+def check_slots_cover_entities(dataset: H5Dataset, slots: int, dataset_name: str) -> None:
+    """For a dataset whose entity count the config does not fix (`custom`): raise a `DataError` when the
+    file's masks hold more entities (background included) than the model has slots K."""
+    if dataset_name in DATASET_ENTITIES:  # fixed by the config (checked there); ClevrTex has no .h5 layout
+        return
+    entities = dataset.layout.mask_entities
+    if entities is None or slots >= entities:
+        return
+    raise DataError(
+        f"{dataset.path} holds up to {entities} entities per image in '{dataset.split}/masks' (background "
+        f"included) but the model has model.K={slots} slots; set model.K ≥ {entities}, e.g. --set model.K={entities}"
     )
 
 

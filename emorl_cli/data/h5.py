@@ -41,7 +41,10 @@ def get_hint(path: Path) -> str:
         )
     if spec is not None:
         return f"get it with `emorl data fetch --zenodo --dest {folder}`"
-    return "get the dataset with `emorl data fetch --zenodo` or make one with `emorl data synth`"
+    return (
+        "get the dataset with `emorl data fetch --zenodo`, make one with `emorl data synth`, or pack your own "
+        "pictures with `emorl data import DIR --out FILE.h5`"
+    )
 
 
 def require_file(path: Path) -> None:
@@ -210,6 +213,15 @@ def check_image_values(imgs: np.ndarray, path: Path, split: str) -> None:
             f"{where} holds values from {lo:g} to {hi:g}, which looks like the range 0..1; emorl reads images "
             "as 0..255 — multiply them by 255 (or store uint8)"
         )
+
+
+def masks_in_split(path: Path, split: str) -> Optional[bool]:
+    """Whether the `split` group of `path` holds ground-truth masks (None when there is no such group)."""
+    with reading(path, "inspecting") as handle:
+        group = handle.get(split)
+        if not isinstance(group, h5py.Group):
+            return None
+        return "masks" in group
 
 
 def check_mask_values(masks: np.ndarray, path: Path, split: str, chunk: int = 1024) -> None:

@@ -33,10 +33,13 @@ def md5_file(path: Path, progress: Optional[Progress] = None, chunk: int = HASH_
     return hash_file(path, "md5", progress, chunk)
 
 
-def hash_file(path: Path, algorithm: str, progress: Optional[Progress] = None, chunk: int = HASH_CHUNK) -> str:
-    """Hex digest (hashlib `algorithm`) of a file, read in chunks, advancing `progress` by the bytes read."""
+def hash_file(
+    path: Path, algorithm: str, progress: Optional[Progress] = None, chunk: int = HASH_CHUNK, prefix: bytes = b""
+) -> str:
+    """Hex digest (hashlib `algorithm`) of `prefix` + a file's bytes, read in chunks, advancing `progress` by the
+    bytes read."""
     progress = progress or NullProgress()
-    digest = hashlib.new(algorithm)
+    digest = hashlib.new(algorithm, prefix)
     with open(path, "rb") as handle:
         while True:
             block = handle.read(chunk)
@@ -45,6 +48,12 @@ def hash_file(path: Path, algorithm: str, progress: Optional[Progress] = None, c
             digest.update(block)
             progress.advance(len(block))
     return digest.hexdigest()
+
+
+def git_blob_id(path: Path, progress: Optional[Progress] = None) -> str:
+    """Git's object id of a file's bytes (what `git hash-object FILE` prints): SHA-1 of `blob {size}\\0` + bytes."""
+    size = Path(path).stat().st_size
+    return hash_file(path, "sha1", progress, prefix=f"blob {size}\0".encode())
 
 
 def safe_relative(name: str) -> PurePosixPath:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from emorl_cli.config import DATASET_ENTITIES
+from emorl_cli.config import CLEVRTEX_VARIANTS, DATASET_ENTITIES
 
 ZENODO_RECORD_ID = "4895643"
 ZENODO_BASE_URL = "https://zenodo.org"
@@ -86,6 +86,21 @@ DATASETS: dict[str, DatasetSpec] = {
         CLEVR_FACTORS,
     ),
 }
+
+# ClevrTex (Karazija et al., 2021, variants CLEVRTEX_VARIANTS) is read in its published folder layout.
+CLEVRTEX_BASE_URL = "https://thor.robots.ox.ac.uk/datasets/clevrtex"
+# The archives the ClevrTex project page links, per variant; each unpacks to `clevrtex_{variant}/`. No
+# checksums are published: each archive is checked by reading it whole (gzip CRC-32, tar header checksums).
+CLEVRTEX_ARCHIVES: dict[str, tuple[str, ...]] = {
+    "full": tuple(f"clevrtex_full_part{i}.tar.gz" for i in range(1, 6)),
+    **{variant: (f"clevrtex_{variant}.tar.gz",) for variant in CLEVRTEX_VARIANTS if variant != "full"},
+}
+
+
+def clevrtex_folder_name(variant: str) -> str:
+    """The folder a ClevrTex variant unpacks to (`clevrtex_full`, `clevrtex_camo`, …)."""
+    return f"clevrtex_{variant}"
+
 
 SYNTH_DATASETS: tuple[str, ...] = tuple(name for name, spec in DATASETS.items() if spec.synthesizable)
 

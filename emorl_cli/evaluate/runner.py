@@ -72,6 +72,7 @@ def evaluate_ari(
     num_images: Optional[int] = None,
     upsample_mode: UpsampleMode = "bicubic",
     progress: Progress = None,
+    require_masks: bool = True,
 ) -> list[dict[str, Any]]:
     """Per-image metrics of the final inference stage, for `samples` stochastic passes per image.
 
@@ -83,33 +84,37 @@ def evaluate_ari(
         num_images: stop after this many images (None: all).
         upsample_mode: how predicted masks smaller than the ground truth are resized (CLEVR; see ARI).
         progress: optional callback, called with the images finished after each batch.
+        require_masks: raise when a batch has no ground-truth masks; with False such images get no ARI.
     Returns:
         One record per (image, sample): {"index", "sample", "fg_ari", "ari", "mse", "kl", "nll"}; kl and nll are
-        None for models without them (Slot Attention); fg_ari is NaN for an image without foreground.
+        None for models without them (Slot Attention), fg_ari and ari for images without masks; fg_ari is NaN
+        for an image without foreground.
     """
     if samples < 1:
         raise EmorlError(f"samples must be ≥ 1, got {samples}")
     device = model_device(model)
     records: list[dict[str, Any]] = []
     for batch in take_images(batches, num_images):
-        if "masks" not in batch:
+        if "masks" not in batch and require_masks:
             raise EmorlError("the batches carry no ground-truth masks; open the split with masks (data.load_masks)")
         images = batch["imgs"].to(device)
-        true = batch["masks"]
+        true = batch.get("masks")
         for sample in range(samples):
             with torch.no_grad():
                 out = model(images, objective, refinement_iters=refinement_iters)
-            masks = out.masks.float().cpu()  # [B,K,1,H,W]
-            mode = _upsampling(tuple(masks.shape[-2:]), tuple(true.shape[-2:]), upsample_mode)
-            fg = adjusted_rand_index(true, masks, foreground_only=True, upsample_mode=mode)
-            full = adjusted_rand_index(true, masks, foreground_only=False, upsample_mode=mode)
+            fg = full = None
+            if true is not None:
+                masks = out.masks.float().cpu()  # [B,K,1,H,W]
+                mode = _upsampling(tuple(masks.shape[-2:]), tuple(true.shape[-2:]), upsample_mode)
+                fg = adjusted_rand_index(true, masks, foreground_only=True, upsample_mode=mode)
+                full = adjusted_rand_index(true, masks, foreground_only=False, upsample_mode=mode)
             for b in range(images.shape[0]):
                 records.append(
                     {
                         "index": int(batch["index"][b]),
                         "sample": sample,
-                        "fg_ari": float(fg[b]),
-                        "ari": float(full[b]),
+                        "fg_ari": None if fg is None else float(fg[b]),
+                        "ari": None if full is None else float(full[b]),
                         "mse": float(out.mse[b]),
                         "kl": None if out.kl is None else float(out.kl[b]),
                         "nll": None if out.nll is None else float(out.nll[b]),

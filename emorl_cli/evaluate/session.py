@@ -11,7 +11,8 @@ import torch
 
 from emorl_cli.checkpoint import load_for_inference
 from emorl_cli.config import Config, load_config
-from emorl_cli.data.dataset import H5Dataset, open_split
+from emorl_cli.data.dataset import H5Dataset, check_slots_cover_entities, resolve_split_path
+from emorl_cli.data.h5 import masks_in_split
 from emorl_cli.data.manifest import hash_file
 from emorl_cli.errors import DataError
 from emorl_cli.model import Objective
@@ -29,7 +30,7 @@ class LoadedModel:
     model: torch.nn.Module
     cfg: Config
     geco_state: Optional[dict[str, Any]]
-    checkpoint: Path
+    checkpoint: Optional[Path]  # None for a model in memory (evaluation during training)
 
     def objective(self) -> Optional[Objective]:
         """The original evaluation's objective: GECO-weighted when the run used GECO, else the ELBO; the
@@ -64,21 +65,46 @@ def open_eval_split(
     data_file: Optional[Path] = None,
     split: str = "test",
     load_factors: Optional[bool] = None,
+    need_masks: bool = True,
 ) -> H5Dataset:
-    """The evaluation images with masks: `--data FILE` wins over `--data-dir DIR` and the config's folder."""
+    """The evaluation images: `--data FILE` wins over `--data-dir DIR` and the config's folder.
+
+    With `need_masks` (ARI, DCI) a file without ground-truth masks is a `DataError` saying so; without it
+    (pictures, activeness) masks are loaded when the file has them. For a dataset whose entity count the
+    config does not fix (`custom`), K is checked against the entities the file's masks hold. For ClevrTex
+    `--data` is a variant folder (or the folder holding the config's test variant); it always has masks.
+    """
+    if cfg.data.dataset == "clevrtex":
+        from emorl_cli.data.clevrtex import open_clevrtex_split
+
+        return open_clevrtex_split(  # type: ignore[return-value]
+            cfg.data, split, data_dir, folder=data_file, load_masks=True, load_factors=load_factors
+        )
     if data_file is not None:
         if not Path(data_file).is_file():
             raise DataError(f"data file {data_file} does not exist; give an .h5 file in the Zenodo layout")
-        return H5Dataset(
-            data_file,
-            split,
-            load_masks=True,
-            load_factors=cfg.data.load_factors if load_factors is None else load_factors,
-            clevr_crop=cfg.data.clevr_crop,
-            image_size=cfg.data.image_size,
-            in_memory=cfg.data.in_memory,
+        path = Path(data_file)
+    else:
+        path = resolve_split_path(cfg.data, split, data_dir)
+    has_masks = masks_in_split(path, split) if path.is_file() else None  # a missing file: H5Dataset explains
+    if need_masks and has_masks is False:
+        raise DataError(
+            f"{path} holds no ground-truth masks in its '{split}' group, so FG-ARI, ARI and DCI cannot be computed "
+            "on it (they compare the model's slots with ground-truth masks); import label masks with "
+            "`emorl data import DIR --masks MASK_DIR --out FILE.h5` to evaluate them — `emorl viz` and "
+            "`emorl gifs` work without masks"
         )
-    return open_split(cfg.data, split, data_dir, load_masks=True, load_factors=load_factors)
+    dataset = H5Dataset(
+        path,
+        split,
+        load_masks=need_masks or bool(has_masks),
+        load_factors=cfg.data.load_factors if load_factors is None else load_factors,
+        clevr_crop=cfg.data.clevr_crop,
+        image_size=cfg.data.image_size,
+        in_memory=cfg.data.in_memory,
+    )
+    check_slots_cover_entities(dataset, cfg.model.K, cfg.data.dataset)
+    return dataset
 
 
 def shard_indices(total: int, num_images: Optional[int], rank: int, world_size: int) -> list[int]:

@@ -34,42 +34,46 @@ from emorl_cli.model.position import position_grid
 OUTPUT_CHANNELS = 4  # RGB + mask logit
 
 
-def _layers(kind: str, z_size: int) -> nn.Sequential:
+# Hidden channels of each kind in the paper (`model.decoder_width` may change them).
+DEFAULT_WIDTH = {"small": 32, "iodine": 64, "big": 64}
+
+
+def _layers(kind: str, z_size: int, width: int) -> nn.Sequential:
     if kind == "small":
         return nn.Sequential(
-            nn.Conv2d(z_size, 32, 5, 1, 1),
+            nn.Conv2d(z_size, width, 5, 1, 1),
             nn.ReLU(),
-            nn.Conv2d(32, 32, 5, 1, 1),
+            nn.Conv2d(width, width, 5, 1, 1),
             nn.ReLU(),
-            nn.Conv2d(32, 32, 5, 1, 1),
+            nn.Conv2d(width, width, 5, 1, 1),
             nn.ReLU(),
-            nn.Conv2d(32, OUTPUT_CHANNELS, 3, 1, 1),
+            nn.Conv2d(width, OUTPUT_CHANNELS, 3, 1, 1),
         )
     if kind == "iodine":
         return nn.Sequential(
-            nn.Conv2d(z_size, 64, 3, 1),
+            nn.Conv2d(z_size, width, 3, 1),
             nn.ELU(),
-            nn.Conv2d(64, 64, 3, 1),
+            nn.Conv2d(width, width, 3, 1),
             nn.ELU(),
-            nn.Conv2d(64, 64, 3, 1),
+            nn.Conv2d(width, width, 3, 1),
             nn.ELU(),
-            nn.Conv2d(64, 64, 3, 1),
+            nn.Conv2d(width, width, 3, 1),
             nn.ELU(),
-            nn.Conv2d(64, OUTPUT_CHANNELS, 3, 1),
+            nn.Conv2d(width, OUTPUT_CHANNELS, 3, 1),
         )
     if kind == "big":
         return nn.Sequential(
-            nn.ConvTranspose2d(z_size, 64, 5, 2, 2, output_padding=1),
+            nn.ConvTranspose2d(z_size, width, 5, 2, 2, output_padding=1),
             nn.ReLU(),
-            nn.ConvTranspose2d(64, 64, 5, 2, 2, output_padding=1),
+            nn.ConvTranspose2d(width, width, 5, 2, 2, output_padding=1),
             nn.ReLU(),
-            nn.ConvTranspose2d(64, 64, 5, 2, 2, output_padding=1),
+            nn.ConvTranspose2d(width, width, 5, 2, 2, output_padding=1),
             nn.ReLU(),
-            nn.ConvTranspose2d(64, 64, 5, 2, 2, output_padding=1),
+            nn.ConvTranspose2d(width, width, 5, 2, 2, output_padding=1),
             nn.ReLU(),
-            nn.ConvTranspose2d(64, 64, 5, 1, 2, output_padding=0),
+            nn.ConvTranspose2d(width, width, 5, 1, 2, output_padding=0),
             nn.ReLU(),
-            nn.ConvTranspose2d(64, OUTPUT_CHANNELS, 3, 1, 1, output_padding=0),
+            nn.ConvTranspose2d(width, OUTPUT_CHANNELS, 3, 1, 1, output_padding=0),
         )
     raise ValueError(f"unknown image decoder {kind!r}; expected 'small', 'iodine' or 'big'")
 
@@ -154,12 +158,13 @@ class BroadcastConv(nn.Module):
 
 
 class SpatialBroadcastDecoder(nn.Module):
-    """z [N, D] → (rgb [N, 3, H, W] in [0, 1], mask_logits [N, H, W])."""
+    """z [N, D] → (rgb [N, 3, H, W] in [0, 1], mask_logits [N, H, W]); `channels`: hidden width (None: the
+    kind's own, DEFAULT_WIDTH)."""
 
-    def __init__(self, kind: str, z_size: int, height: int, width: int):
+    def __init__(self, kind: str, z_size: int, height: int, width: int, channels: int | None = None):
         super().__init__()
         self.kind = kind
-        self.decode = _layers(kind, z_size)
+        self.decode = _layers(kind, z_size, channels or DEFAULT_WIDTH.get(kind, 0))
         self.pos_embed_projection = nn.Linear(4, z_size)
         gh, gw = grid_size(kind, height, width)
         self.register_buffer("grid", position_grid(gh, gw), persistent=False)  # [Gh, Gw, 4]

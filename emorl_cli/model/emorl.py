@@ -19,6 +19,7 @@ not `loss_per_image`: see grad_reuse.py).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -52,6 +53,11 @@ def reuse_is_safe(device_type: str) -> bool:
     if not torch.is_autocast_enabled(device_type):
         return True
     return torch.get_autocast_dtype(device_type) == torch.bfloat16
+
+
+def _times(tensor: torch.Tensor, factor: float | torch.Tensor) -> torch.Tensor:
+    """tensor · factor in tensor's dtype, for a Python float or a 0-d tensor factor (a tensor GECO weight)."""
+    return tensor * (factor.to(tensor.dtype) if isinstance(factor, torch.Tensor) else factor)
 
 
 def stage_weight(stage: int, refinement_iters: int) -> float:
@@ -88,20 +94,6 @@ class EfficientMORL(nn.Module):
             mask_logprobs = torch.log_softmax(logits.float().view(batch, self.K, 1, h, w), dim=1)
         return means, mask_logprobs
 
-    def _reconstruct(
-        self, z: torch.Tensor, x: torch.Tensor, settle: bool
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Decode z [B·K, D] and score x → (means, mask log-probs, NLL [B], gradient injection term).
-
-        With `settle` the decoder is backpropagated now (grad_reuse.py); else the injection term is 0.
-        """
-        means, mask_logprobs = self._decode_slots(z, x.shape[0])
-        nll = image_nll(self.cfg.image_likelihood, x, means, mask_logprobs, self.cfg.log_scale)  # [B]
-        if not settle:
-            return means, mask_logprobs, nll, x.new_zeros(())
-        nll, injection = settle_decoder_gradients(nll, z, self.hvae_networks.image_decoder)
-        return means, mask_logprobs, nll, injection
-
     # ------------------------------------------------------------------------------------------ KL terms
 
     def _stage0_kl(
@@ -123,6 +115,56 @@ class EfficientMORL(nn.Module):
                 prior = self.hvae_networks.indep_prior(posteriors[neighbour].rsample(noise))
             kl = kl + gaussian_kl(posteriors[layer], prior).view(batch, self.K).sum(1)  # [B]
         return kl, prior if (self.cfg.reverse_prior_plusplus and layers) else None
+
+    # ------------------------------------------------------------------------------------------ stages
+
+    def _score_stage(self, run: _Pass, stage: int, kl: torch.Tensor, settle: bool) -> None:
+        """Decode the stage's sample, score the image and add ℓ_i to the weighted loss.
+
+        With `settle` the decoder is backpropagated now (grad_reuse.py) and its weight gradients, scaled by
+        the stage's weight in the loss, ride on `run.injected` (value 0); otherwise nothing is injected.
+        """
+        means, mask_logprobs = self._decode_slots(run.z, run.batch)
+        nll = image_nll(self.cfg.image_likelihood, run.x, means, mask_logprobs, self.cfg.log_scale)  # [B]
+        weight = stage_weight(stage, run.iters)
+        if settle:
+            nll, injection = settle_decoder_gradients(nll, run.z, self.hvae_networks.image_decoder)
+            run.injected = run.injected + _times(injection, weight * run.objective.nll_weight / run.batch)
+        run.means, run.mask_logprobs, run.nll, run.kl = means, mask_logprobs, nll, kl
+        run.per_image = run.objective.per_image(nll, kl)  # ℓ_i [B]
+        run.total = run.total + weight * run.per_image  # [B]
+
+    def _stage0(self, run: _Pass, bottom_up: BottomUp, noise: Optional[NoiseFn], record: bool) -> None:
+        """Stage 0: z ~ q(z; λ^L) from the bottom-up layers, scored with the hierarchical KL."""
+        lamda = bottom_up.lamda
+        if not lamda.requires_grad:  # inference: the refinement gradient still needs a leaf to differentiate
+            lamda = lamda.detach().requires_grad_(True)
+        run.lamda = lamda
+        run.posterior = DiagonalGaussian.from_params(lamda)  # q(z^L) over [N, D]
+        run.z = run.posterior.rsample(noise)  # [N, D]
+        hierarchy = bottom_up.posteriors + [run.posterior] if self.cfg.stochastic_layers > 0 else []
+        kl, run.refine_prior = self._stage0_kl(hierarchy, run.x, noise)  # [B]
+        self._score_stage(run, 0, kl, settle=run.settle and run.iters > 0)
+        if record:
+            run.trace = self._layer_records(bottom_up, run.means, run.mask_logprobs, run.batch)
+
+    def _refinement_stage(self, run: _Pass, step: int, hidden: torch.Tensor, noise: Optional[NoiseFn]) -> torch.Tensor:
+        """Stage i ≥ 1: λ ← λ + Δλ(λ, ∇λ ℓ_{i−1}), z ~ q(z; λ), scored against the refinement prior.
+        Returns the refinement network's new hidden state."""
+        (grad,) = torch.autograd.grad(
+            run.objective.refinement_target(run.per_image), run.lamda, retain_graph=run.training_graph
+        )  # ∇λ ℓ_{i−1} at the current λ [N, 2D]
+        delta, hidden = self.refinenet(run.lamda, grad, hidden)
+        run.lamda = run.lamda + delta  # λ^{L,i} [N, 2D]
+        run.deltas.append(delta.detach().norm(dim=1).mean())
+        run.posterior = DiagonalGaussian.from_params(run.lamda)
+        run.z = run.posterior.rsample(noise)  # [N, D]
+        prior = run.refine_prior if run.refine_prior is not None else DiagonalGaussian.standard(run.posterior.loc)
+        kl = gaussian_kl(run.posterior, prior).view(run.batch, self.K).sum(1)  # [B]
+        self._score_stage(run, step, kl, settle=run.settle and step < run.iters)
+        if run.trace is not None:
+            run.trace.append(StageRecord("refinement", step, run.means.detach(), run.mask_logprobs.detach().exp()))
+        return hidden
 
     # ------------------------------------------------------------------------------------------ forward
 
@@ -147,75 +189,53 @@ class EfficientMORL(nn.Module):
                 (shape [B·K, D]); default torch.randn on the global generator.
         """
         check_images(images, self.cfg.input_size)
-        objective = Objective.elbo() if objective is None else objective
         iters = self.cfg.refinement_iters if refinement_iters is None else int(refinement_iters)
         if iters < 0:
             raise ValueError(f"refinement_iters must be ≥ 0, got {iters}")
         training_graph = torch.is_grad_enabled()
-        b, k, d = images.shape[0], self.K, self.z_size
         x = (images + 1.0) / 2.0  # [B, C, H, W] in [0, 1]
-
+        run = _Pass(
+            x=x,
+            objective=Objective.elbo() if objective is None else objective,
+            iters=iters,
+            batch=images.shape[0],
+            training_graph=training_graph,
+            settle=self.reuse_decoder_gradients and training_graph and reuse_is_safe(images.device.type),
+        )
         keys, values = self.hvae_networks.encode(images)  # [B, H*W, D] each
         bottom_up = self.hvae_networks.bottom_up(keys, values, noise)
-
-        settle = self.reuse_decoder_gradients and training_graph and reuse_is_safe(images.device.type)
-        injected = x.new_zeros(())  # Σ_i c_i·InjectGradients (value 0), see grad_reuse.py
         with torch.enable_grad():  # refinement needs ∇λ even when the caller is in no_grad
-            lamda = bottom_up.lamda
-            if not lamda.requires_grad:
-                lamda = lamda.detach().requires_grad_(True)
-            posterior = DiagonalGaussian.from_params(lamda)  # q(z^L) over [N, D]
-            z = posterior.rsample(noise)  # [N, D]
-            means, mask_logprobs, nll, injection = self._reconstruct(z, x, settle and iters > 0)
-            hierarchy = bottom_up.posteriors + [posterior] if self.cfg.stochastic_layers > 0 else []
-            kl, refine_prior = self._stage0_kl(hierarchy, x, noise)  # [B]
-            per_image = objective.per_image(nll, kl)  # ℓ_0 [B]
-            total = stage_weight(0, iters) * per_image  # [B]
-            injected = injected + stage_weight(0, iters) * objective.nll_weight / b * injection
-            trace = self._layer_records(bottom_up, means, mask_logprobs, b) if record else None
-
-            hidden = self.refinenet.initial_state(b * k, lamda)  # [1, N, D]
-            deltas = []
+            self._stage0(run, bottom_up, noise, record)
+            hidden = self.refinenet.initial_state(run.batch * self.K, run.lamda)  # [1, N, D]
             for step in range(1, iters + 1):
-                (grad,) = torch.autograd.grad(
-                    objective.refinement_target(per_image), lamda, retain_graph=training_graph
-                )  # ∇λ ℓ_{i−1} [N, 2D]
-                delta, hidden = self.refinenet(lamda, grad, hidden)
-                lamda = lamda + delta  # λ^{L,i} [N, 2D]
-                deltas.append(delta.detach().norm(dim=1).mean())
-                posterior = DiagonalGaussian.from_params(lamda)
-                z = posterior.rsample(noise)  # [N, D]
-                means, mask_logprobs, nll, injection = self._reconstruct(z, x, settle and step < iters)
-                prior = refine_prior if refine_prior is not None else DiagonalGaussian.standard(posterior.loc)
-                kl = gaussian_kl(posterior, prior).view(b, k).sum(1)  # [B]
-                per_image = objective.per_image(nll, kl)  # ℓ_i [B]
-                total = total + stage_weight(step, iters) * per_image
-                injected = injected + stage_weight(step, iters) * objective.nll_weight / b * injection
-                if trace is not None:
-                    trace.append(StageRecord("refinement", step, means.detach(), mask_logprobs.detach().exp()))
+                hidden = self._refinement_stage(run, step, hidden, noise)
+        out = self._output(run)
+        return out if training_graph else detach_output(out)
 
-        masks = mask_logprobs.exp()  # [B, K, 1, H, W]
-        reconstruction = (means * masks).sum(dim=1)  # [B, C, H, W]
-        loc, softplus = lamda.chunk(2, dim=1)  # [N, D] each
-        out = ModelOutput(
-            loss=total.mean() + injected,
-            loss_per_image=total,
-            nll=nll,
-            kl=kl,
-            mse=(x - reconstruction).pow(2).mean(dim=(1, 2, 3)),
-            means=means,
+    def _output(self, run: _Pass) -> ModelOutput:
+        """The final stage's tensors and the weighted loss as a `ModelOutput`."""
+        b, k, d = run.batch, self.K, self.z_size
+        masks = run.mask_logprobs.exp()  # [B, K, 1, H, W]
+        reconstruction = (run.means * masks).sum(dim=1)  # [B, C, H, W]
+        loc, softplus = run.lamda.chunk(2, dim=1)  # [N, D] each
+        return ModelOutput(
+            loss=run.total.mean() + run.injected,
+            loss_per_image=run.total,
+            nll=run.nll,
+            kl=run.kl,
+            mse=(run.x - reconstruction).pow(2).mean(dim=(1, 2, 3)),
+            means=run.means,
             masks=masks,
-            mask_logprobs=mask_logprobs,
+            mask_logprobs=run.mask_logprobs,
             reconstruction=reconstruction,
             posterior_loc=loc.reshape(b, k, d),
             posterior_softplus=softplus.reshape(b, k, d),
-            posterior_scale=posterior.std.reshape(b, k, d),
-            samples=z.reshape(b, k, d),
-            deltas=torch.stack(deltas) if deltas else x.new_zeros(0),
-            refinement_iters=iters,
-            trace=trace,
+            posterior_scale=run.posterior.std.reshape(b, k, d),
+            samples=run.z.reshape(b, k, d),
+            deltas=torch.stack(run.deltas) if run.deltas else run.x.new_zeros(0),
+            refinement_iters=run.iters,
+            trace=run.trace,
         )
-        return out if training_graph else detach_output(out)
 
     def _layer_records(
         self, bottom_up: BottomUp, final_means: torch.Tensor, final_logprobs: torch.Tensor, batch: int
@@ -234,6 +254,31 @@ class EfficientMORL(nn.Module):
             StageRecord("layer", len(attention) - 1, final_means.detach(), final_logprobs.detach().exp(), attention[-1])
         )
         return records
+
+
+@dataclass
+class _Pass:
+    """The running state of one forward pass (N = B·K slot rows): what each stage reads and updates."""
+
+    x: torch.Tensor  # [B, C, H, W] in [0, 1]
+    objective: Objective
+    iters: int  # I of this call
+    batch: int  # B
+    training_graph: bool  # outside no_grad: keep the graph for `loss.backward()`
+    settle: bool  # decoder-gradient reuse (grad_reuse.py) allowed in this pass
+    lamda: Optional[torch.Tensor] = None  # current λ [N, 2D]
+    posterior: Optional[DiagonalGaussian] = None  # q(z; λ)
+    z: Optional[torch.Tensor] = None  # its sample [N, D]
+    refine_prior: Optional[DiagonalGaussian] = None  # prior of the refinement stages (None: N(0, I))
+    means: Optional[torch.Tensor] = None  # [B, K, C, H, W] of the current stage
+    mask_logprobs: Optional[torch.Tensor] = None  # [B, K, 1, H, W]
+    nll: Optional[torch.Tensor] = None  # [B]
+    kl: Optional[torch.Tensor] = None  # [B]
+    per_image: Optional[torch.Tensor] = None  # ℓ_i [B]
+    total: torch.Tensor | float = 0.0  # Σ_i weight_i·ℓ_i [B]
+    injected: torch.Tensor | float = 0.0  # Σ_i c_i·InjectGradients (value 0), see grad_reuse.py
+    deltas: list[torch.Tensor] = field(default_factory=list)  # ‖Δλ‖ per refinement step
+    trace: Optional[list[StageRecord]] = None
 
 
 def detach_output(out: ModelOutput) -> ModelOutput:

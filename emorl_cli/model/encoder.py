@@ -13,7 +13,7 @@ from torch import nn
 
 from emorl_cli.model.position import position_grid
 
-FEATURES = 64  # encoder width, fixed in the original whatever D is
+FEATURES = 64  # encoder width of the original, whatever D is (model.encoder_width)
 
 
 def conv_stack(in_channels: int = 3, width: int = FEATURES) -> nn.Sequential:
@@ -44,6 +44,6 @@ def encode_image(images: torch.Tensor, convs: nn.Module, pos_projection: nn.Line
     b, _, h, w = images.shape
     # channels-last convolutions (faster in oneDNN); the permute below is then a free view
     features = convs(images.contiguous(memory_format=torch.channels_last)).permute(0, 2, 3, 1)  # [B, H, W, 64]
-    grid = position_grid(h, w, dtype=features.dtype).to(features.device)  # [H, W, 4]
+    grid = position_grid(h, w, dtype=features.dtype, device=features.device)  # [H, W, 4]
     features = features + pos_projection(grid)  # [B, H, W, 64], embedding projected once, broadcast
     return mlp(features.reshape(b, h * w, -1))  # [B, H*W, 64]

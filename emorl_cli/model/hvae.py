@@ -23,7 +23,7 @@ from emorl_cli.model.attention import attend
 from emorl_cli.model.decoder import SpatialBroadcastDecoder
 from emorl_cli.model.distributions import DiagonalGaussian, NoiseFn
 from emorl_cli.model.dual_gru import DualGRU
-from emorl_cli.model.encoder import FEATURES, conv_stack, encode_image, token_mlp
+from emorl_cli.model.encoder import conv_stack, encode_image, token_mlp
 from emorl_cli.model.prior import IndependentPrior
 from emorl_cli.model.weight_init import xavier_init
 
@@ -53,17 +53,18 @@ class HVAENetworks(nn.Module):
         d = cfg.z_size
         self.K, self.z_size, self.num_layers = cfg.K, d, cfg.stochastic_layers
         self.use_dual_gru = cfg.use_dual_gru
-        self.scale = d**-0.5
+        self.scale = d**-0.5 / cfg.attention_temperature  # 1/(T·√D)
 
-        self.pos_embed_projection = nn.Linear(4, FEATURES)
-        self.encoder_pt_1 = conv_stack(c, FEATURES)
-        self.encoder_pt_2 = token_mlp(FEATURES)
+        width = cfg.encoder_width
+        self.pos_embed_projection = nn.Linear(4, width)
+        self.encoder_pt_1 = conv_stack(c, width)
+        self.encoder_pt_2 = token_mlp(width)
         self.norm_slots = nn.LayerNorm(d)
         self.norm_mu_pre_ff = nn.LayerNorm(d)
         self.norm_softplus_pre_ff = nn.LayerNorm(d)
         self.to_q = nn.Linear(d, d, bias=False)
-        self.to_k = nn.Linear(FEATURES, d, bias=False)
-        self.to_v = nn.Linear(FEATURES, d, bias=False)
+        self.to_k = nn.Linear(width, d, bias=False)
+        self.to_v = nn.Linear(width, d, bias=False)
         if self.use_dual_gru:
             self.gru = DualGRU(d, d)
         else:
@@ -72,8 +73,12 @@ class HVAENetworks(nn.Module):
             xavier_init(self.project_update, gain=cfg.init_gain)
         self.mlp_mu = nn.Sequential(nn.Linear(d, 2 * d), nn.ReLU(), nn.Linear(2 * d, d))
         self.mlp_softplus = nn.Sequential(nn.Linear(d, 2 * d), nn.ReLU(), nn.Linear(2 * d, d))
-        self.image_decoder = SpatialBroadcastDecoder(cfg.image_decoder, d, h, w)
-        self.init_posterior = nn.Parameter(torch.cat([torch.zeros(1, d), torch.ones(1, d)], dim=1))  # λ⁰ [1, 2D]
+        self.image_decoder = SpatialBroadcastDecoder(cfg.image_decoder, d, h, w, cfg.decoder_width)
+        # λ⁰ = [μ, s]: [1, 2D] shared by the slots (the paper), or [K, 2D] with slot_init 'per_slot', whose
+        # means start apart (N(0, 1)) so that the slots differ before any noise is drawn
+        rows = cfg.K if cfg.slot_init == "per_slot" else 1
+        loc = torch.randn(rows, d) if cfg.slot_init == "per_slot" else torch.zeros(rows, d)
+        self.init_posterior = nn.Parameter(torch.cat([loc, torch.ones(rows, d)], dim=1))
         self.indep_prior = IndependentPrior(d, cfg.init_gain)
         xavier_init(
             self.encoder_pt_1, self.encoder_pt_2, self.to_q, self.to_k, self.to_v,
@@ -99,7 +104,9 @@ class HVAENetworks(nn.Module):
         """The L layers. keys, values: [B, H·W, D]."""
         b = keys.shape[0]
         n, d = b * self.K, self.z_size
-        lamda = self.init_posterior.repeat(n, 1)  # [N, 2D]
+        lamda = self.init_posterior.repeat(
+            n // self.init_posterior.shape[0], 1
+        )  # [N, 2D], slot k of each image ← row k
         result = BottomUp(lamda)
         if self.num_layers == 0:
             return result

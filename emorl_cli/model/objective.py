@@ -17,6 +17,10 @@ step < warm_start; GECO from the warm-start step on). The training loop calls it
 never sees the step. For evaluation the original passes step = warm_start + 1, i.e. it uses
 `Objective.geco(state)` when the run trained with GECO and `Objective.elbo()` otherwise.
 
+β and C_ema are Python floats, or — for a training step, `for_training_step(..., keep_tensors=True)` — the
+GECO state's 0-d tensors as they are, so building the objective never reads the device. The tensor form
+computes the same numbers: softplus(β) in float32, products of the two in float64 as Python does with floats.
+
 `refinement_grad` says which gradient feeds the refinement network:
 - "per_image" (default): ∇λ of Σ_b ℓ_b — each image's refinement depends on that image alone, whatever
   the batch; equal to the original at batch size 1 (how its eval.py runs).
@@ -30,7 +34,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from functools import cached_property
+from typing import Any, Literal, Optional, Union
 
 import torch
 
@@ -46,14 +51,22 @@ def _softplus(value: float) -> float:
     return float(torch.nn.functional.softplus(torch.tensor(value, dtype=torch.float32)))
 
 
+def _wide(value: torch.Tensor) -> torch.Tensor:
+    """A 0-d tensor in float64, the precision of Python's float (float32 where the device has no float64)."""
+    return value.detach().to(torch.float32 if value.device.type == "mps" else torch.float64)
+
+
+Number = Union[float, torch.Tensor]  # a Python float, or a 0-d tensor that is never read back to the host
+
+
 @dataclass(frozen=True)
 class Objective:
     """An immutable description of the loss; build it with `elbo`, `geco` or `for_training_step`."""
 
     kind: Literal["elbo", "geco"] = "elbo"
     kl_beta: float = 1.0
-    geco_beta: float = GECO_BETA_INIT  # raw β; the NLL weight is softplus(β)
-    geco_c_ema: float = 0.0  # EMA of the constraint C − NLL, enters the loss value only
+    geco_beta: Number = GECO_BETA_INIT  # raw β; the NLL weight is softplus(β)
+    geco_c_ema: Number = 0.0  # EMA of the constraint C − NLL, enters the loss value only
     refinement_grad: Literal["per_image", "batch_mean"] = "per_image"
     global_batch_size: Optional[int] = None  # B of "batch_mean" (None: the batch of the call)
 
@@ -88,11 +101,13 @@ class Objective:
         kl_beta: float = 1.0,
         refinement_grad: str = "per_image",
         global_batch_size: Optional[int] = None,
+        keep_tensors: bool = False,
     ) -> Objective:
         """kl_beta·KL + softplus(β)·NLL (value: kl_beta·KL − softplus(β)·C_ema).
 
         `geco_state_or_beta` is a `emorl_cli.geco.GECO`, its `state_dict()` ({"beta", "C_ema"}), or β
-        itself (a float or 0-d tensor; then `c_ema` gives C_ema, default 0).
+        itself (a float or 0-d tensor; then `c_ema` gives C_ema, default 0). With `keep_tensors`, tensor
+        values stay tensors (not read to the host; see the module docstring).
         """
         if hasattr(geco_state_or_beta, "beta") and hasattr(geco_state_or_beta, "C_ema"):
             beta, ema = geco_state_or_beta.beta, geco_state_or_beta.C_ema
@@ -102,11 +117,15 @@ class Objective:
             beta, ema = geco_state_or_beta, 0.0
         if c_ema is not None:
             ema = c_ema
+
+        def value(v: Any) -> Number:
+            return v.detach() if keep_tensors and isinstance(v, torch.Tensor) else _as_float(v)
+
         return cls(
             "geco",
             float(kl_beta),
-            _as_float(beta),
-            _as_float(ema),
+            value(beta),
+            value(ema),
             refinement_grad,  # type: ignore[arg-type]
             global_batch_size,
         )
@@ -120,24 +139,34 @@ class Objective:
         *,
         refinement_grad: str = "per_image",
         global_batch_size: Optional[int] = None,
+        keep_tensors: bool = False,
     ) -> Objective:
-        """The original's rule: GECO iff a GECO object is given, kl_beta != 0 and step ≥ geco.warm_start."""
+        """The original's rule: GECO iff a GECO object is given, kl_beta != 0 and step ≥ geco.warm_start.
+
+        `keep_tensors`: take the GECO state's tensors as they are (a training step: no read of the device).
+        """
         grad = {"refinement_grad": refinement_grad, "global_batch_size": global_batch_size}
         if geco is None or kl_beta == 0 or step < geco.warm_start:
             return cls.elbo(kl_beta, **grad)
-        return cls.geco(geco, kl_beta=kl_beta, **grad)
+        return cls.geco(geco, kl_beta=kl_beta, keep_tensors=keep_tensors, **grad)
 
-    @property
-    def nll_weight(self) -> float:
-        """Weight of the NLL in the gradient: 1 (ELBO) or softplus(β) (GECO)."""
-        return 1.0 if self.kind == "elbo" else _softplus(self.geco_beta)
+    @cached_property
+    def nll_weight(self) -> Number:
+        """Weight of the NLL in the gradient: 1 (ELBO) or softplus(β) (GECO); a float64 0-d tensor when β is a
+        tensor (softplus in float32, then widened to Python's precision)."""
+        if self.kind == "elbo":
+            return 1.0
+        if isinstance(self.geco_beta, torch.Tensor):
+            return _wide(torch.nn.functional.softplus(self.geco_beta.to(torch.float32)))
+        return _softplus(self.geco_beta)
 
     def per_image(self, nll: torch.Tensor, kl: torch.Tensor) -> torch.Tensor:
         """ℓ_b for NLL [B] and KL [B] → [B], with the value and gradient described above."""
         if self.kind == "elbo":
             return nll + self.kl_beta * kl
         weight = self.nll_weight
-        return self.kl_beta * kl + weight * (nll - nll.detach()) - weight * self.geco_c_ema
+        c_ema = _wide(self.geco_c_ema) if isinstance(self.geco_c_ema, torch.Tensor) else self.geco_c_ema
+        return self.kl_beta * kl + weight * (nll - nll.detach()) - weight * c_ema
 
     def refinement_target(self, per_image: torch.Tensor) -> torch.Tensor:
         """The scalar whose gradient w.r.t. λ the refinement network sees."""

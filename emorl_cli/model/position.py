@@ -15,11 +15,13 @@ from __future__ import annotations
 import torch
 
 
-def position_grid(height: int, width: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The [H, W, 4] ramps above (values in [0, 1])."""
+def position_grid(
+    height: int, width: int, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """The [H, W, 4] ramps above (values in [0, 1]), made on `device` (no copy from the host)."""
 
     def ramp(start: float, end: float, n: int, axis: int) -> torch.Tensor:
-        values = torch.linspace(start, end, n, dtype=dtype)  # [n]
+        values = torch.linspace(start, end, n, dtype=dtype, device=device)  # [n]
         shape = (n, 1) if axis == 0 else (1, n)
         return values.view(shape).expand(height, width)  # [H, W]
 

@@ -18,7 +18,7 @@ from emorl_cli.model.attention import attend
 from emorl_cli.model.decoder import SpatialBroadcastDecoder
 from emorl_cli.model.distributions import DiagonalGaussian, NoiseFn
 from emorl_cli.model.emorl import check_images, detach_output
-from emorl_cli.model.encoder import FEATURES, conv_stack, encode_image, token_mlp
+from emorl_cli.model.encoder import conv_stack, encode_image, token_mlp
 from emorl_cli.model.objective import Objective
 from emorl_cli.model.output import ModelOutput, StageRecord
 from emorl_cli.model.weight_init import xavier_init
@@ -35,19 +35,20 @@ class SlotAttention(nn.Module):
         self.cfg = cfg
         c, h, w = cfg.input_size
         d = cfg.z_size
-        self.K, self.z_size, self.scale = cfg.K, d, d**-0.5
-        self.pos_embed_projection = nn.Linear(4, FEATURES)
-        self.encoder_pt_1 = conv_stack(c, FEATURES)
-        self.encoder_pt_2 = token_mlp(FEATURES)
+        self.K, self.z_size, self.scale = cfg.K, d, d**-0.5 / cfg.attention_temperature  # 1/(T·√D)
+        width = cfg.encoder_width
+        self.pos_embed_projection = nn.Linear(4, width)
+        self.encoder_pt_1 = conv_stack(c, width)
+        self.encoder_pt_2 = token_mlp(width)
         self.norm_slots = nn.LayerNorm(d)
         self.norm_pre_ff = nn.LayerNorm(d)
         self.to_q = nn.Linear(d, d, bias=False)
-        self.to_k = nn.Linear(FEATURES, d, bias=False)
-        self.to_v = nn.Linear(FEATURES, d, bias=False)
+        self.to_k = nn.Linear(width, d, bias=False)
+        self.to_v = nn.Linear(width, d, bias=False)
         self.mlp = nn.Sequential(nn.Linear(d, MLP_HIDDEN), nn.ReLU(), nn.Linear(MLP_HIDDEN, d))
         self.gru = nn.GRU(d, d)
         self.init_slots = nn.Parameter(torch.cat([torch.zeros(1, d), torch.ones(1, d)], dim=1))  # [1, 2D]
-        self.image_decoder = SpatialBroadcastDecoder(cfg.image_decoder, d, h, w)
+        self.image_decoder = SpatialBroadcastDecoder(cfg.image_decoder, d, h, w, cfg.decoder_width)
         xavier_init(self.image_decoder, gain=cfg.init_gain)  # the original initialises only the decoder this way
 
     def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,6 +3,11 @@
 A checkpoint named step_S holds the state after S updates; resuming it runs step S next, with the same
 data (order.py), the same noise (noise.py) and the restored weights, optimizer, GECO and schedule, so an
 interrupted run continues exactly as an uninterrupted one.
+
+A run ends after `training.iters` updates or when its wall-clock budget (`training.max_minutes`, or the
+`max_seconds` a workflow such as the demo gives) is spent, summed over resumes; it then writes
+`finished.json` saying which. With `training.eval_every` it evaluates on the test split as it goes
+(periodic_eval.py).
 """
 
 from __future__ import annotations
@@ -19,17 +24,19 @@ from torch.utils.data import DataLoader
 
 from emorl_cli.checkpoint import load_checkpoint, save_checkpoint
 from emorl_cli.config import Config, config_to_dict
-from emorl_cli.data.dataset import collate_batch, open_split
+from emorl_cli.data.dataset import check_slots_cover_entities, collate_batch, open_split
 from emorl_cli.errors import CheckpointError, OutputError, TrainingError
 from emorl_cli.files import atomic_write_json, atomic_write_text
 from emorl_cli.training.images import training_figure
 from emorl_cli.training.memory import check_training_memory
 from emorl_cli.training.order import GlobalBatchOrder, StepBatchSampler
+from emorl_cli.training.periodic_eval import BEST_NAME, PeriodicEvaluation
+from emorl_cli.training.precision import check_supported
 from emorl_cli.training.progress import TrainingProgress
 from emorl_cli.training.run_lock import lock_run_folder
 from emorl_cli.training.run_logs import MetricsLog, TensorBoardLog
 from emorl_cli.training.rundir import RunDir
-from emorl_cli.training.step import NonFiniteLoss, StepRunner, make_accelerator
+from emorl_cli.training.step import NonFiniteLoss, Scalars, StepRunner, make_accelerator
 
 
 @dataclass
@@ -42,6 +49,7 @@ class TrainResult:
     last_checkpoint: Path
     seconds: float
     final_scalars: dict[str, float]
+    last_eval: Optional[dict[str, Any]] = None
 
 
 class Trainer:
@@ -63,17 +71,23 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = RunDir(Path(run_dir))
         self.accelerator = make_accelerator(cfg.training.mixed_precision, cpu=cpu)
+        check_supported(cfg.training.mixed_precision, self.accelerator.device)
         self.main = self.accelerator.is_main_process
         self.show_progress, self.interactive, self.record_ranks = show_progress, interactive, record_ranks
-        self.max_seconds = max_seconds
+        minutes = cfg.training.max_minutes
+        self.max_seconds = max_seconds if max_seconds is not None else (minutes * 60.0 if minutes else None)
+        self.seconds_before = 0.0  # wall time of the run before this session (resumed runs)
         # one run per folder: a second `train` (or `--resume`) on it while this one runs is refused
         self._lock = lock_run_folder(self.run_dir.root, self.accelerator, (self.run_dir.checkpoints,))
         try:
             per_process = max(1, cfg.training.batch_size // self.accelerator.num_processes)
             check_training_memory(cfg, self.accelerator.device, per_process)  # before anything is allocated
             self.dataset = open_split(cfg.data, "train", data_dir, load_masks=False, load_factors=False)
+            check_slots_cover_entities(self.dataset, cfg.model.K, cfg.data.dataset)
             self.order = GlobalBatchOrder(len(self.dataset), cfg.training.batch_size, cfg.training.seed)
             self.runner = StepRunner(cfg, self.accelerator)
+            best = self.run_dir.checkpoints / BEST_NAME
+            self.evaluation = PeriodicEvaluation(cfg, data_dir, best, self.accelerator)
             self.start_step = self._resume() if resume else self._fresh()
         except BaseException:
             self.release()
@@ -98,7 +112,8 @@ class Trainer:
         if self.main:
             self.run_dir.checkpoints.mkdir(parents=True, exist_ok=True)
             self._write_config()
-            self.run_dir.metrics.unlink(missing_ok=True)
+            for stale in (self.run_dir.metrics, self.run_dir.finished, self.run_dir.checkpoints / BEST_NAME):
+                stale.unlink(missing_ok=True)
         self.accelerator.wait_for_everyone()
         return 0
 
@@ -123,13 +138,26 @@ class Trainer:
         step = int(state["step"])
         if self.main:
             self._write_config()
-            MetricsLog(self.run_dir.metrics).truncate_after(step - 1)
+            self.run_dir.finished.unlink(missing_ok=True)
+            kept = MetricsLog(self.run_dir.metrics).truncate_for_resume(step)
+            self.seconds_before = max((float(r.get("seconds", 0.0)) for r in kept), default=0.0)
+            self.evaluation.restore(kept)
+        self.seconds_before = self._broadcast(self.seconds_before)
         return step
+
+    def _broadcast(self, value: float) -> float:
+        """The main process's value on every process (resume bookkeeping read from the run folder)."""
+        if self.runner.world == 1:
+            return value
+        from accelerate.utils import broadcast
+
+        return float(broadcast(torch.tensor([value], device=self.runner.device))[0])
 
     # ---------------------------------------------------------------------------------------- pieces
 
     def _batches(self) -> Iterator[dict[str, torch.Tensor]]:
-        """This process's batches from `start_step` on, loaded by `training.num_workers` workers."""
+        """This process's batches from `start_step` on, loaded by `training.num_workers` workers (pinned on a
+        GPU, so the copy to the device does not wait)."""
         steps = range(self.start_step, self.cfg.training.iters)
         runner = self.runner
         loader = DataLoader(
@@ -137,6 +165,7 @@ class Trainer:
             batch_sampler=StepBatchSampler(self.order, steps.start, steps.stop, runner.rank, runner.world),
             collate_fn=collate_batch,
             num_workers=self.cfg.training.num_workers,
+            pin_memory=runner.device.type == "cuda",
         )
         for step, batch in zip(steps, loader, strict=True):
             if self.record_ranks:
@@ -145,6 +174,7 @@ class Trainer:
             yield batch
 
     def _save(self, done: int) -> Path:
+        self.runner.check_finite()  # never save weights a non-finite loss has touched
         path = self.run_dir.checkpoint_path(done)
         if self.main:
             save_checkpoint(path, config=config_to_dict(self.cfg), step=done, rng=True, **self.runner.state_dict())
@@ -166,9 +196,11 @@ class Trainer:
         metrics = MetricsLog(self.run_dir.metrics)
         tb = TensorBoardLog(self.run_dir.tensorboard if self.main else None)
         started = time.perf_counter()
-        scalars: dict[str, float] = {}
+        scalars: Scalars = {}
+        last_eval: Optional[dict[str, Any]] = None
         last = self.run_dir.latest_checkpoint()
         step = self.start_step - 1
+        stop_step = self.start_step if self._out_of_time(started) else t.iters  # a spent budget: nothing to do
         self.runner.model.train()
         try:
             with TrainingProgress(
@@ -177,23 +209,34 @@ class Trainer:
                 enabled=self.show_progress and self.main,
                 interactive=self.interactive,
                 log_every=t.log_every,
+                budget_seconds=self.max_seconds,
+                seconds_before=self.seconds_before,
             ) as progress:
-                for step, batch in zip(range(self.start_step, t.iters), self._batches(), strict=False):
+                for step, batch in zip(range(self.start_step, stop_step), self._batches(), strict=False):
                     images = batch["imgs"].to(self.runner.device, non_blocking=True)
-                    scalars = self.runner(step, images)
+                    scalars = self.runner(step, images)  # not read: the host does not wait for the device
                     done = step + 1
-                    if self.main and (step % t.log_every == 0 or done == t.iters):
-                        metrics.write(step, {**scalars, "seconds": time.perf_counter() - started})
-                        tb.scalars(step, scalars)
+                    logged = None
+                    if step % t.log_every == 0 or done == t.iters:
+                        logged = self.runner.read(scalars)  # on every process: all stop on a non-finite loss
+                        if self.main:
+                            metrics.write(step, {**logged, "seconds": self._seconds(started)})
+                            tb.scalars(step, logged)
                     if self.main and step % t.image_every == 0:
                         self._log_images(step, images, tb)
-                    progress.update(step, scalars["loss"])
+                    stopping = done == t.iters or self._out_of_time(started)
+                    if self.evaluation.due(done, stopping):
+                        last_eval = self._evaluate(done, started, metrics, tb)
+                        progress.evaluated(last_eval)
+                    progress.update(step, logged["loss"] if logged else None)
                     if done % t.checkpoint_every == 0 or done == t.iters:
                         last = self._save(done)
-                    if self._out_of_time(started):
+                    if stopping:
                         break
             if last != self.run_dir.checkpoint_path(step + 1):  # stopped early, or nothing to do
                 last = self._save(step + 1)
+            final = self.runner.read(scalars) if scalars else {}
+            self._mark_finished(step + 1, started)
         except NonFiniteLoss as exc:
             keep = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
             raise TrainingError(f"{exc}; stopped, {keep}; lower training.lr or check the data") from None
@@ -216,14 +259,43 @@ class Trainer:
             steps=step + 1 - self.start_step,
             last_checkpoint=last,
             seconds=time.perf_counter() - started,
-            final_scalars=scalars,
+            final_scalars=final,
+            last_eval=last_eval,
         )
+
+    def _seconds(self, started: float) -> float:
+        """Wall time of the run so far, earlier sessions of a resumed run included."""
+        return self.seconds_before + time.perf_counter() - started
+
+    def _evaluate(self, done: int, started: float, metrics: MetricsLog, tb: TensorBoardLog) -> dict[str, Any]:
+        """Score the weights after `done` updates on the test split; log the row (main process)."""
+        self.runner.check_finite()  # never score (or keep as best.pt) weights a non-finite loss has touched
+        row = self.evaluation(self.runner.model, self.runner.geco, done)
+        if self.main:
+            metrics.write(done, {**row, "seconds": self._seconds(started)})
+            tb.scalars(done, {k: v for k, v in row.items() if isinstance(v, float)}, prefix="eval")
+        return row
+
+    def _mark_finished(self, done: int, started: float) -> None:
+        """finished.json when the run reached `iters` or spent its budget (not when it was interrupted)."""
+        if done >= self.cfg.training.iters:
+            reason = "iters"
+        elif self._out_of_time(started):
+            reason = "time budget"
+        else:
+            return
+        if self.main:
+            atomic_write_json(
+                self.run_dir.finished, {"step": done, "reason": reason, "seconds": self._seconds(started)}
+            )
 
     def _out_of_time(self, started: float) -> bool:
         """True when a time budget is set and spent (every process agrees, so all stop at the same step)."""
         if self.max_seconds is None:
             return False
-        spent = torch.tensor(float(time.perf_counter() - started >= self.max_seconds), device=self.runner.device)
+        if self.runner.world == 1:  # no tensor: nothing to wait for
+            return self._seconds(started) >= self.max_seconds
+        spent = torch.tensor(float(self._seconds(started) >= self.max_seconds), device=self.runner.device)
         if self.runner.world > 1:
             spent = self.accelerator.reduce(spent, reduction="sum")
         return bool(spent > 0)

@@ -18,13 +18,17 @@ class GlobalBatchNoise:
     """
 
     def __init__(self, seed: int, step: int, rank: int, world_size: int, device: torch.device):
-        self.rank, self.world_size, self.device = rank, world_size, device
+        self.rank, self.world_size, self.device = rank, world_size, torch.device(device)
         self.generator = torch.Generator(device="cpu").manual_seed(_mix(seed, step))
 
     def __call__(self, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
         local = shape[0]
         full = torch.randn((local * self.world_size, *shape[1:]), generator=self.generator)
-        return full[self.rank * local : (self.rank + 1) * local].to(self.device)
+        share = full[self.rank * local : (self.rank + 1) * local]
+        if self.device.type != "cuda":
+            return share.to(self.device)
+        # from pinned memory the copy is queued behind the step's work instead of waiting for it
+        return share.pin_memory().to(self.device, non_blocking=True)
 
 
 def _mix(seed: int, step: int) -> int:

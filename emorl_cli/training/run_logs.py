@@ -1,16 +1,62 @@
-"""Run logs: `metrics.jsonl` (one JSON object per logged step) and TensorBoard scalars and images."""
+"""Run logs: `metrics.jsonl` (one JSON object per logged step) and TensorBoard scalars and images.
+
+metrics.jsonl holds two kinds of rows:
+
+- training rows, every `training.log_every` steps: `step` is the 0-based index of the step just taken,
+  with its loss, NLL, KL, MSE, learning rate, … and `seconds` (wall time of the run so far);
+- evaluation rows (`"split": "test"`), every `training.eval_every` steps and at the end: `step` is the
+  number of updates the evaluated weights have had (the step of `checkpoints/step_NNNNNNN.pt`), with the
+  test-split `fg_ari`, `ari`, `mse`, `kl`, `nll`, `loss` (means over images), `seconds` and `eval_seconds`.
+
+`seconds` counts from the start of the run and goes on across `--resume`.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from emorl_cli.files import atomic_write_text, is_write_error, write_error
 
 log = logging.getLogger("emorl.training")
+EVAL_SPLIT = "test"
+
+
+def is_eval_row(row: dict[str, Any]) -> bool:
+    """True for an evaluation row (test-split figures), False for a training row."""
+    return row.get("split") == EVAL_SPLIT
+
+
+def read_rows(path: Path) -> tuple[list[dict[str, Any]], bool]:
+    """All rows of a metrics.jsonl → (rows, torn): a cut-off last line (a run killed while appending) is
+    left out and reported as `torn`; a bad line anywhere else is kept out too."""
+    if not path.exists():
+        return [], False
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    rows, torn = [], False
+    for number, line in enumerate(lines):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            torn = torn or number == len(lines) - 1
+            continue
+        if isinstance(row, dict) and "step" in row:
+            rows.append(row)
+    return rows, torn
+
+
+def eval_rows(path: Path) -> list[dict[str, Any]]:
+    """The evaluation rows of a metrics.jsonl, in the order written."""
+    return [row for row in read_rows(path)[0] if is_eval_row(row)]
+
+
+def training_rows(path: Path) -> list[dict[str, Any]]:
+    """The training rows of a metrics.jsonl, in the order written."""
+    return [row for row in read_rows(path)[0] if not is_eval_row(row)]
 
 
 class MetricsLog:
@@ -19,7 +65,7 @@ class MetricsLog:
     def __init__(self, path: Path):
         self.path = path
 
-    def write(self, step: int, scalars: dict[str, float]) -> None:
+    def write(self, step: int, scalars: dict[str, Any]) -> None:
         try:
             with self.path.open("a") as handle:
                 handle.write(json.dumps({"step": step, **scalars}) + "\n")
@@ -28,39 +74,21 @@ class MetricsLog:
                 raise write_error(self.path, exc, "append to") from None
             raise
 
-    def read(self) -> list[dict]:
-        """Every whole line; a line cut off by a crash while appending (or otherwise unreadable) is skipped,
-        with a note."""
-        if not self.path.exists():
-            return []
-        rows, torn = [], []
-        lines = self.path.read_text(errors="replace").splitlines()
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                if not isinstance(row, dict) or not isinstance(row.get("step"), int):
-                    raise ValueError("no step")
-            except ValueError:
-                torn.append(number)
-                continue
-            rows.append(row)
+    def truncate_for_resume(self, start_step: int) -> list[dict[str, Any]]:
+        """Keep what a run resumed at `start_step` (from checkpoint step_{start_step}) has done: training
+        rows of steps < start_step and evaluation rows of weights ≤ start_step; the rest is re-logged.
+        A last line cut off by a crash while appending is dropped, with a note. Returns the kept rows."""
+        rows, torn = read_rows(self.path)
         if torn:
-            where = "its last line" if torn == [len(lines)] else f"line {', '.join(map(str, torn))}"
             log.warning(
-                "%s: ignored %s, which was cut off (a crash while it was written); the run goes on without it",
+                "%s: ignored its last line, which was cut off (a crash while it was written); the run goes on "
+                "without it",
                 self.path,
-                where,
             )
-        return rows
-
-    def truncate_after(self, step: int) -> None:
-        """Keep the lines logged up to `step` (a resumed run re-logs the later ones); drop torn lines."""
-        if not self.path.exists():
-            return
-        kept = [row for row in self.read() if row["step"] <= step]
-        atomic_write_text(self.path, "".join(json.dumps(row) + "\n" for row in kept))
+        kept = [r for r in rows if r["step"] <= start_step and (is_eval_row(r) or r["step"] < start_step)]
+        if self.path.exists():
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        return kept
 
 
 class TensorBoardLog:
@@ -73,11 +101,11 @@ class TensorBoardLog:
 
             self._writer = SummaryWriter(str(folder))
 
-    def scalars(self, step: int, scalars: dict[str, float]) -> None:
+    def scalars(self, step: int, scalars: dict[str, float], prefix: str = "train") -> None:
         if self._writer is None:
             return
         for name, value in scalars.items():
-            self._writer.add_scalar(f"train/{name}", value, step)
+            self._writer.add_scalar(f"{prefix}/{name}", value, step)
 
     def image(self, step: int, name: str, image: np.ndarray) -> None:
         """`image` is uint8 [H, W, 3]."""

@@ -3,7 +3,9 @@
 RUN/config.yaml              the resolved config
 RUN/checkpoints/step_000500.pt  checkpoints (newest k kept), written atomically
 RUN/tb/                      TensorBoard events
-RUN/metrics.jsonl            one JSON object per logged step
+RUN/metrics.jsonl            one JSON object per logged step (training rows and evaluation rows)
+RUN/checkpoints/best.pt      the best weights by test FG-ARI (with training.eval_every)
+RUN/finished.json            written when the run reached training.iters or spent its time budget
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ class RunDir:
     @property
     def metrics(self) -> Path:
         return self.root / "metrics.jsonl"
+
+    @property
+    def finished(self) -> Path:
+        return self.root / "finished.json"
 
     def checkpoint_path(self, step: int) -> Path:
         return self.checkpoints / f"step_{step:07d}.pt"
