@@ -1,4 +1,4 @@
-"""The `emorl` command tree and its single error boundary."""
+"""The `emorl` command tree (every command module attached to one root `app`) and its single error boundary."""
 
 from __future__ import annotations
 
@@ -10,6 +10,17 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from emorl_cli import __version__
+from emorl_cli.cli import (
+    bench_cmd,
+    config_cmd,
+    data_cmd,
+    demo_cmd,
+    eval_cmd,
+    experiments_cmd,
+    models_cmd,
+    pictures_cmd,
+    train_cmd,
+)
 from emorl_cli.cli.console import debug_enabled, err_console, show_library_notes
 from emorl_cli.errors import EmorlError
 from emorl_cli.files import is_write_error, write_error
@@ -75,11 +86,18 @@ def _root(
         torch.set_num_threads(threads)
 
 
-def _register() -> None:
-    from emorl_cli.cli import commands  # noqa: F401  (attaches every command to `app`)
-
-
-_register()
+app.add_typer(data_cmd.app, name="data", help="Download, synthesise, inspect and verify datasets.")
+app.command("train", cls=train_cmd.OptionalValueCommand)(train_cmd.train)
+app.add_typer(eval_cmd.app, name="eval", help="Evaluate a checkpoint: ARI, DCI, activeness.")
+app.command("gifs")(pictures_cmd.gifs)
+app.command("viz")(pictures_cmd.viz)
+app.command("tune-geco")(demo_cmd.tune_geco)
+app.command("demo")(demo_cmd.demo)
+app.command("sweep")(experiments_cmd.sweep)
+app.command("report")(experiments_cmd.report)
+app.command("bench")(bench_cmd.bench)
+app.add_typer(config_cmd.app, name="config", help="Show, validate and convert configs.")
+app.add_typer(models_cmd.app, name="models", help="List and download the published EfficientMORL checkpoints.")
 
 
 def main() -> None:
