@@ -129,9 +129,10 @@ def bench_train(
     count and the matrix-product reference (always skipped with training.compile: the arithmetic is the
     same, and counting under torch's dispatch mode would compile again).
     """
+    from emorl_cli.accelerator import make_accelerator
     from emorl_cli.training.memory import check_training_memory
     from emorl_cli.training.precision import check_supported
-    from emorl_cli.training.step import StepRunner, make_accelerator
+    from emorl_cli.training.step import StepRunner
 
     cfg = cfg.model_copy(deep=True)
     cfg.training.batch_size = batch_size

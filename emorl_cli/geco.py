@@ -18,7 +18,8 @@ The state lives on `device` (`to(device)`; the CPU by default) and the update ne
 host, so a training step on a GPU does not wait for the device; `applied` (a 0-d bool tensor) leaves the
 state unchanged for a step whose update was skipped (fp16 loss scaling found inf/NaN gradients).
 
-How the state enters the loss is `emorl_cli.model.Objective` (`GECO.objective(step, kl_beta)`).
+How the state enters the loss is `emorl_cli.model.Objective`; which objective a training step uses is the
+original's warm-start rule, `training_objective(step, geco, kl_beta)` (or `GECO.objective(step, kl_beta)`).
 """
 
 from __future__ import annotations
@@ -124,8 +125,8 @@ class GECO:
         return float(torch.nn.functional.softplus(self.beta))
 
     def objective(self, step: int, kl_beta: float = 1.0, **kwargs: Any) -> Objective:
-        """The objective of training step `step` (ELBO before the warm start, see `Objective.for_training_step`)."""
-        return Objective.for_training_step(step, self, kl_beta, **kwargs)
+        """The objective of training step `step` (ELBO before the warm start, see `training_objective`)."""
+        return training_objective(step, self, kl_beta, **kwargs)
 
     # ------------------------------------------------------------------------------------------ state
 
@@ -150,3 +151,23 @@ class GECO:
             f"GECO(target={self.target}, C_ema={float(self.C_ema):.4f}, beta={float(self.beta):.6f}, "
             f"warm_start={self.warm_start})"
         )
+
+
+def training_objective(
+    step: int,
+    geco: Optional[Any] = None,
+    kl_beta: float = 1.0,
+    *,
+    refinement_grad: str = "per_image",
+    global_batch_size: Optional[int] = None,
+    keep_tensors: bool = False,
+) -> Objective:
+    """The objective of training step `step`, by the original's rule: GECO iff a GECO state is given
+    (anything with `warm_start`, `beta`, `C_ema`), kl_beta != 0 and step ≥ geco.warm_start; else the ELBO.
+
+    `keep_tensors`: take the GECO state's tensors as they are (a training step: no read of the device).
+    """
+    grad = {"refinement_grad": refinement_grad, "global_batch_size": global_batch_size}
+    if geco is None or kl_beta == 0 or step < geco.warm_start:
+        return Objective.elbo(kl_beta, **grad)
+    return Objective.geco(geco, kl_beta=kl_beta, keep_tensors=keep_tensors, **grad)

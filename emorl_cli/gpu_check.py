@@ -235,8 +235,9 @@ def _eval(item: Item, cfg: Config, smoke: bool) -> dict[str, Any]:
 
 def _syncs(item: Item, cfg: Config, smoke: bool) -> dict[str, Any]:
     """Synchronisations torch reports (sync debug mode 'warn') during steps, per precision (CUDA only)."""
+    from emorl_cli.accelerator import make_accelerator
     from emorl_cli.bench import _test_images
-    from emorl_cli.training.step import StepRunner, make_accelerator
+    from emorl_cli.training.step import StepRunner
 
     if not torch.cuda.is_available():
         raise SkipItem("needs a CUDA GPU")

@@ -14,11 +14,12 @@ import torch
 from helpers import TINY, set_options, tiny_config
 
 from emorl_cli import gpu_check
+from emorl_cli.accelerator import make_accelerator
 from emorl_cli.checkpoint import load_checkpoint
 from emorl_cli.data.synth import synthesize
 from emorl_cli.model import build_model
 from emorl_cli.training import compile as compile_module
-from emorl_cli.training.step import StepRunner, make_accelerator
+from emorl_cli.training.step import StepRunner
 
 
 @pytest.fixture

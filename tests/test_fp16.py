@@ -13,10 +13,11 @@ import pytest
 import torch
 from helpers import TINY, set_options, tiny_config
 
+from emorl_cli.accelerator import make_accelerator
 from emorl_cli.checkpoint import load_checkpoint, save_checkpoint
 from emorl_cli.config import config_to_dict
 from emorl_cli.training.precision import Precision
-from emorl_cli.training.step import StepRunner, make_accelerator
+from emorl_cli.training.step import StepRunner
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 SMALL_FP16 = [

@@ -7,7 +7,7 @@ import torch
 
 from emorl_cli.config import load_config
 from emorl_cli.errors import CheckpointError
-from emorl_cli.geco import GECO
+from emorl_cli.geco import GECO, training_objective
 from emorl_cli.model import Objective
 
 
@@ -106,3 +106,17 @@ def test_from_config_scales_target_and_gives_objective():
     assert objective.kind == "geco" and objective.geco_beta == pytest.approx(0.55)
     assert objective.nll_weight == pytest.approx(geco.nll_weight)
     assert Objective.geco(geco.state_dict()).geco_c_ema == float(geco.C_ema)
+
+
+def test_training_step_rule():
+    class State:
+        warm_start, beta, C_ema = 10, torch.tensor(2.0), torch.tensor(5.0)
+
+    assert training_objective(9, State()).kind == "elbo"
+    assert training_objective(10, State()).kind == "geco"
+    assert training_objective(10, State(), kl_beta=0).kind == "elbo"
+    assert training_objective(10, None).kind == "elbo"
+    geco = training_objective(11, State(), kl_beta=2.0)
+    assert (geco.geco_beta, geco.geco_c_ema, geco.kl_beta) == (2.0, 5.0, 2.0)
+    batch_mean = training_objective(0, None, refinement_grad="batch_mean", global_batch_size=8)
+    assert (batch_mean.kind, batch_mean.refinement_grad, batch_mean.global_batch_size) == ("elbo", "batch_mean", 8)

@@ -158,18 +158,6 @@ def test_geco_objective_value_and_gradient():
     assert torch.allclose(kl.grad, torch.full((2,), 0.25))
 
 
-def test_training_step_rule():
-    class State:
-        warm_start, beta, C_ema = 10, torch.tensor(2.0), torch.tensor(5.0)
-
-    assert Objective.for_training_step(9, State()).kind == "elbo"
-    assert Objective.for_training_step(10, State()).kind == "geco"
-    assert Objective.for_training_step(10, State(), kl_beta=0).kind == "elbo"
-    assert Objective.for_training_step(10, None).kind == "elbo"
-    geco = Objective.for_training_step(11, State(), kl_beta=2.0)
-    assert (geco.geco_beta, geco.geco_c_ema, geco.kl_beta) == (2.0, 5.0, 2.0)
-
-
 def test_no_grad_inference_matches_grad_mode_and_is_detached():
     model = small_model().eval()
     x = images(2)
@@ -323,7 +311,7 @@ def test_refinement_gradient_scales():
     per_image = torch.tensor([1.0, 2.0, 3.0, 4.0])
     assert Objective.elbo().refinement_target(per_image) == 10.0
     assert Objective.elbo(refinement_grad="batch_mean").refinement_target(per_image) == 2.5
-    global_mean = Objective.for_training_step(0, None, refinement_grad="batch_mean", global_batch_size=8)
+    global_mean = Objective.elbo(refinement_grad="batch_mean", global_batch_size=8)
     assert global_mean.refinement_target(per_image) == 1.25
 
 

@@ -414,15 +414,17 @@ def test_case8_a_config_too_big_for_memory_is_refused_with_the_estimate_before_a
 def test_case8_the_memory_estimate_is_a_lower_bound_of_a_measured_step():
     """Oracles: the peak RSS of one real training step (in a fresh process) is at least the estimate, and the
     estimate is at least half of what the step's autograd graph saves for the backward pass."""
+    from emorl_cli.accelerator import make_accelerator
     from emorl_cli.training.memory import training_step_bytes
-    from emorl_cli.training.step import StepRunner, make_accelerator
+    from emorl_cli.training.step import StepRunner
 
     cfg = load_config("demo", ["training.mixed_precision=no", "training.batch_size=8"])
     estimate = training_step_bytes(cfg, 8)
     code = f"""
 import os, resource, torch
 from emorl_cli.config import load_config
-from emorl_cli.training.step import StepRunner, make_accelerator
+from emorl_cli.accelerator import make_accelerator
+from emorl_cli.training.step import StepRunner
 cfg = load_config("demo", {["training.mixed_precision=no", "training.batch_size=8"]!r})
 runner = StepRunner(cfg, make_accelerator("no", cpu=True))
 images = torch.rand(8, 3, 35, 35) * 2 - 1

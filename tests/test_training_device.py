@@ -17,12 +17,13 @@ import pytest
 import torch
 from helpers import TINY, set_options, tiny_config
 
+from emorl_cli.accelerator import make_accelerator
 from emorl_cli.checkpoint import load_checkpoint
 from emorl_cli.data.synth import synthesize
 from emorl_cli.training import step as step_module
 from emorl_cli.training.loop import Trainer, train
 from emorl_cli.training.rundir import RunDir
-from emorl_cli.training.step import StepRunner, make_accelerator
+from emorl_cli.training.step import StepRunner
 
 HOST_READS = ("item", "tolist", "numpy", "cpu", "__float__", "__int__", "__bool__", "__format__")
 

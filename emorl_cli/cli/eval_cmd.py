@@ -55,17 +55,6 @@ def _out_dir(out: Optional[Path], checkpoint: Path, what: str) -> Path:
     return out if out is not None else checkpoint.parent / f"{checkpoint.stem}-{what}"
 
 
-def _accelerator():
-    """An Accelerator only under a multi-process launch (results are then gathered without duplicates)."""
-    import os
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None
-    from emorl_cli.training.step import make_accelerator
-
-    return make_accelerator("no")
-
-
 @app.command()
 def ari(
     checkpoint: CheckpointOpt,
@@ -149,7 +138,9 @@ def ari(
 def _run_sharded(run, loaded, data_set, *, total: int, samples: int, **kwargs):
     """`run(loaded, data_set, …)` (`run_ari_eval` or `run_clevrtex_eval`) under a progress bar, sharded over
     the processes of a multi-process launch; returns its report on the main process, None on the others."""
-    accelerator = _accelerator()
+    from emorl_cli.accelerator import launched_accelerator
+
+    accelerator = launched_accelerator()
     with image_progress("eval ari", total, enabled=accelerator is None) as advance:
         report = run(
             loaded,

@@ -11,13 +11,12 @@ Per image b and stage i (i = 0 after the L bottom-up layers, i = 1..I after each
 The original's training loss is the batch mean of ℓ; the refinement network sees the gradient of ℓ
 with respect to the posterior parameters λ (see `refinement_grad`).
 
-Who decides "before the GECO warm start → ELBO"? This class: `Objective.for_training_step(step, geco,
-kl_beta)` applies the original's rule (ELBO when there is no GECO, when kl_beta == 0, or when
-step < warm_start; GECO from the warm-start step on). The training loop calls it every step; the model
-never sees the step. For evaluation the original passes step = warm_start + 1, i.e. it uses
-`Objective.geco(state)` when the run trained with GECO and `Objective.elbo()` otherwise.
+Who decides "before the GECO warm start → ELBO"? Not the model: `emorl_cli.geco.training_objective(step,
+geco, kl_beta)` applies the original's rule and the training loop calls it every step, so the model never
+sees the step. For evaluation the original passes step = warm_start + 1, i.e. it uses `Objective.geco(state)`
+when the run trained with GECO and `Objective.elbo()` otherwise.
 
-β and C_ema are Python floats, or — for a training step, `for_training_step(..., keep_tensors=True)` — the
+β and C_ema are Python floats, or — for a training step, `Objective.geco(..., keep_tensors=True)` — the
 GECO state's 0-d tensors as they are, so building the objective never reads the device. The tensor form
 computes the same numbers: softplus(β) in float32, products of the two in float64 as Python does with floats.
 
@@ -61,7 +60,7 @@ Number = Union[float, torch.Tensor]  # a Python float, or a 0-d tensor that is n
 
 @dataclass(frozen=True)
 class Objective:
-    """An immutable description of the loss; build it with `elbo`, `geco` or `for_training_step`."""
+    """An immutable description of the loss; build it with `elbo` or `geco`."""
 
     kind: Literal["elbo", "geco"] = "elbo"
     kl_beta: float = 1.0
@@ -129,26 +128,6 @@ class Objective:
             refinement_grad,  # type: ignore[arg-type]
             global_batch_size,
         )
-
-    @classmethod
-    def for_training_step(
-        cls,
-        step: int,
-        geco: Any = None,
-        kl_beta: float = 1.0,
-        *,
-        refinement_grad: str = "per_image",
-        global_batch_size: Optional[int] = None,
-        keep_tensors: bool = False,
-    ) -> Objective:
-        """The original's rule: GECO iff a GECO object is given, kl_beta != 0 and step ≥ geco.warm_start.
-
-        `keep_tensors`: take the GECO state's tensors as they are (a training step: no read of the device).
-        """
-        grad = {"refinement_grad": refinement_grad, "global_batch_size": global_batch_size}
-        if geco is None or kl_beta == 0 or step < geco.warm_start:
-            return cls.elbo(kl_beta, **grad)
-        return cls.geco(geco, kl_beta=kl_beta, keep_tensors=keep_tensors, **grad)
 
     @cached_property
     def nll_weight(self) -> Number:

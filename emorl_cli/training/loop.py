@@ -22,6 +22,7 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
+from emorl_cli.accelerator import make_accelerator
 from emorl_cli.checkpoint import load_checkpoint, save_checkpoint
 from emorl_cli.config import Config, config_to_dict
 from emorl_cli.data.dataset import check_slots_cover_entities, collate_batch, open_split
@@ -36,7 +37,7 @@ from emorl_cli.training.progress import TrainingProgress
 from emorl_cli.training.run_lock import lock_run_folder
 from emorl_cli.training.run_logs import MetricsLog, TensorBoardLog
 from emorl_cli.training.rundir import RunDir
-from emorl_cli.training.step import NonFiniteLoss, Scalars, StepRunner, make_accelerator
+from emorl_cli.training.step import NonFiniteLoss, Scalars, StepRunner
 
 
 @dataclass

@@ -3,7 +3,7 @@
 Per step s (0-based):
     I      = the refinement curriculum's I at s
     lr     = training.lr · lr_factor(s)                     (warm-up from 0, then exponential decay)
-    loss   = model(images, Objective.for_training_step(s, GECO)).loss, images = this process's share
+    loss   = model(images, training_objective(s, GECO)).loss, images = this process's share
     grads  averaged over processes (one flat all-reduce, as DDP would), clipped, Adam step
     GECO   NLL = global-batch mean of the final NLL; s == warm_start → init EMA; s > warm_start →
            update EMA and step β (identical on every process because every process sees the same NLL)
@@ -25,7 +25,7 @@ import torch
 
 from emorl_cli.config import Config
 from emorl_cli.errors import TrainingError
-from emorl_cli.geco import GECO
+from emorl_cli.geco import GECO, training_objective
 from emorl_cli.model import Objective, build_model
 from emorl_cli.training.compile import compile_errors, compile_networks
 from emorl_cli.training.noise import GlobalBatchNoise
@@ -34,15 +34,6 @@ from emorl_cli.training.precision import Precision
 from emorl_cli.training.schedule import lr_factor
 
 Scalars = dict[str, Union[torch.Tensor, float]]  # a step's logged values: 0-d device tensors (lr: a float)
-
-
-def make_accelerator(mixed_precision: str = "no", cpu: bool = False):
-    """An Accelerator; the shared state is reset so several runs can share one Python process."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
 
 
 def _all_reduce_mean_(tensors: list[torch.Tensor], accelerator: Any) -> None:
@@ -101,7 +92,7 @@ class StepRunner:
     def objective(self, step: int) -> Optional[Objective]:
         if self.cfg.model.kind != "emorl":
             return None
-        return Objective.for_training_step(
+        return training_objective(
             step,
             self.geco,
             self.cfg.training.kl_beta,
