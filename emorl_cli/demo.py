@@ -90,8 +90,8 @@ def run_demo(
     """The whole workflow; with `checkpoint`, skip training and show that model instead."""
     from emorl_cli.evaluate.ari_report import run_ari_eval
     from emorl_cli.evaluate.session import batches_of, load_model, open_eval_split
+    from emorl_cli.pictures import make_gifs, make_viz
     from emorl_cli.training.loop import train
-    from emorl_cli.viz.pipeline import make_gifs, make_viz
 
     started = time.perf_counter()
     budget = minutes * 60.0

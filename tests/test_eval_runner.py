@@ -21,7 +21,8 @@ from emorl_cli.evaluate.runner import (
     summarize_records,
     take_images,
 )
-from emorl_cli.viz.pipeline import composite_renderer, make_gifs, make_viz
+from emorl_cli.evaluate.traversals import composite_renderer
+from emorl_cli.pictures import make_gifs, make_viz
 
 H = W = 24
 PALETTE = torch.tensor([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=torch.float32)  # slot k ↔ colour k

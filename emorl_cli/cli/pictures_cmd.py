@@ -48,7 +48,7 @@ def gifs(
     """Per slot, GIFs traversing its top-k most active latent dimensions (slot_{k}_row_{r}.gif) + one sheet."""
     from emorl_cli.evaluate.session import batches_of, load_model, open_eval_split
     from emorl_cli.files import atomic_write_json
-    from emorl_cli.viz.pipeline import make_gifs
+    from emorl_cli.pictures import make_gifs
 
     loaded = load_model(checkpoint, config, overrides)
     dataset = open_eval_split(loaded.cfg, data_dir=data_dir, data_file=data, split=split, need_masks=False)
@@ -99,7 +99,7 @@ def viz(
     import torch
 
     from emorl_cli.evaluate.session import batches_of, load_model, open_eval_split
-    from emorl_cli.viz.pipeline import make_viz
+    from emorl_cli.pictures import make_viz
 
     loaded = load_model(checkpoint, config, overrides)
     torch.manual_seed(loaded.cfg.training.seed if seed is None else seed)

@@ -12,8 +12,8 @@ from emorl_cli import __version__
 from emorl_cli.data.dataset import H5Dataset
 from emorl_cli.evaluate.runner import collect_codes, evaluate_dci
 from emorl_cli.evaluate.session import LoadedModel, batches_of, file_sha256
+from emorl_cli.evaluate.traversals import latent_activeness
 from emorl_cli.files import atomic_write_json, ensure_writable_folder
-from emorl_cli.viz.pipeline import latent_activeness
 
 
 def _provenance(loaded: LoadedModel, dataset: H5Dataset, iters: Optional[int], seed: int) -> dict[str, Any]:

@@ -28,6 +28,7 @@ __all__ = [
     "METRICS",
     "take_images",
     "model_device",
+    "image_metrics",
     "evaluate_ari",
     "summarize_records",
     "decoded_masks",
@@ -60,6 +61,30 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 def _upsampling(pred_hw: tuple[int, ...], true_hw: tuple[int, ...], mode: UpsampleMode) -> Optional[UpsampleMode]:
     return None if pred_hw == true_hw else mode
+
+
+def image_metrics(out: Any, true_masks: Optional[torch.Tensor], upsample_mode: UpsampleMode) -> list[dict[str, Any]]:
+    """Per image of a forward pass: {"fg_ari", "ari", "mse", "kl", "nll"} of its final stage.
+
+    fg_ari and ari are None without ground-truth masks [B,O,1,Hm,Wm] (NaN for fg_ari when an image has no
+    foreground), kl and nll None for models without them (Slot Attention).
+    """
+    fg = full = None
+    if true_masks is not None:
+        masks = out.masks.float().cpu()  # [B,K,1,H,W]
+        mode = _upsampling(tuple(masks.shape[-2:]), tuple(true_masks.shape[-2:]), upsample_mode)
+        fg = adjusted_rand_index(true_masks, masks, foreground_only=True, upsample_mode=mode)
+        full = adjusted_rand_index(true_masks, masks, foreground_only=False, upsample_mode=mode)
+    return [
+        {
+            "fg_ari": None if fg is None else float(fg[b]),
+            "ari": None if full is None else float(full[b]),
+            "mse": float(out.mse[b]),
+            "kl": None if out.kl is None else float(out.kl[b]),
+            "nll": None if out.nll is None else float(out.nll[b]),
+        }
+        for b in range(out.mse.shape[0])
+    ]
 
 
 def evaluate_ari(
@@ -102,24 +127,8 @@ def evaluate_ari(
         for sample in range(samples):
             with torch.no_grad():
                 out = model(images, objective, refinement_iters=refinement_iters)
-            fg = full = None
-            if true is not None:
-                masks = out.masks.float().cpu()  # [B,K,1,H,W]
-                mode = _upsampling(tuple(masks.shape[-2:]), tuple(true.shape[-2:]), upsample_mode)
-                fg = adjusted_rand_index(true, masks, foreground_only=True, upsample_mode=mode)
-                full = adjusted_rand_index(true, masks, foreground_only=False, upsample_mode=mode)
-            for b in range(images.shape[0]):
-                records.append(
-                    {
-                        "index": int(batch["index"][b]),
-                        "sample": sample,
-                        "fg_ari": None if fg is None else float(fg[b]),
-                        "ari": None if full is None else float(full[b]),
-                        "mse": float(out.mse[b]),
-                        "kl": None if out.kl is None else float(out.kl[b]),
-                        "nll": None if out.nll is None else float(out.nll[b]),
-                    }
-                )
+            for b, metrics in enumerate(image_metrics(out, true, upsample_mode)):
+                records.append({"index": int(batch["index"][b]), "sample": sample, **metrics})
         if progress is not None:
             progress(int(images.shape[0]))
     return records

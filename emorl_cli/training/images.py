@@ -6,8 +6,8 @@ import numpy as np
 import torch
 
 from emorl_cli.config import Config
+from emorl_cli.evaluate.inference import stages_of_image
 from emorl_cli.viz.figures import render_stage_figure
-from emorl_cli.viz.pipeline import stages_of_image
 
 
 def training_figure(model: torch.nn.Module, images: torch.Tensor, cfg: Config) -> np.ndarray:

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import ImageDraw
 
 from emorl_cli.errors import EmorlError
-from emorl_cli.files import atomic_path
+from emorl_cli.files import atomic_path, ensure_writable_folder
 from emorl_cli.viz.figures import (
     LABEL_WIDTH,
     GridLayout,
@@ -28,7 +28,7 @@ from emorl_cli.viz.figures import (
     upscale,
 )
 
-__all__ = ["traversal_gif_name", "write_traversal_gif", "write_gif_sheet"]
+__all__ = ["traversal_gif_name", "write_traversal_gif", "write_gif_sheet", "write_traversals"]
 
 DEFAULT_FPS = 4
 
@@ -105,3 +105,26 @@ def write_gif_sheet(
         for c in range(layout.cols):
             layout.paste(canvas, r, c, strip[c] if c < strip.shape[0] else None)
     return save_png(canvas, path)
+
+
+def write_traversals(
+    traversals: Sequence[Any], out_dir: str | Path, *, fps: float = DEFAULT_FPS, scale: int | None = None
+) -> tuple[list[Path], Path]:
+    """`slot_{k}_row_{r}.gif` for every traversal and all of them on one sheet, `traversals.png`.
+
+    Args:
+        traversals: objects with `slot` k, `rank` r, `label` and `frames` [T,3,H,W] in [0,1]
+            (`emorl_cli.evaluate.traversals.Traversal`), in the order of the sheet's rows.
+        out_dir: the folder to write into.
+    Returns:
+        (the GIF paths in order, the sheet's path).
+    """
+    out_dir = ensure_writable_folder(out_dir, "output folder")
+    gifs = [
+        write_traversal_gif(t.frames, out_dir / traversal_gif_name(t.slot, t.rank), fps=fps, scale=scale)
+        for t in traversals
+    ]
+    sheet = write_gif_sheet(
+        [t.frames for t in traversals], out_dir / "traversals.png", labels=[t.label for t in traversals], scale=scale
+    )
+    return gifs, sheet

@@ -1,0 +1,100 @@
+"""Pictures of a model: inference (evaluate/) composed with drawing (viz/), for `emorl viz`, `emorl gifs`
+and the demo.
+
+Shape legend: B images in a batch, K slots, D latent size. The model contract is that of `emorl_cli.model`;
+batches are the data layer's dicts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from emorl_cli.evaluate.ari import UpsampleMode
+from emorl_cli.evaluate.inference import infer_images
+from emorl_cli.evaluate.runner import Progress
+from emorl_cli.evaluate.traversals import latent_traversals
+from emorl_cli.files import ensure_writable_folder
+from emorl_cli.viz.gifs import write_traversals
+from emorl_cli.viz.pages import write_stage_pages
+
+__all__ = ["make_viz", "make_gifs"]
+
+Batch = Mapping[str, Any]
+
+
+def make_viz(
+    model: torch.nn.Module,
+    objective: Any,
+    batches: Iterable[Batch],
+    out_dir: str | Path,
+    *,
+    refinement_iters: Optional[int] = None,
+    num_images: int = 10,
+    scale: Optional[int] = None,
+    upsample_mode: UpsampleMode = "bicubic",
+    embed_images: bool = False,
+    progress: Progress = None,
+) -> Path:
+    """Write `image_{index}.png` (a row per inference stage) for each image, an index.html with metrics, and
+    `viz.npz` with the arrays drawn (images, index, true masks, and per stage means/masks/attention).
+
+    Per-image metrics: FG-ARI and ARI (when the batches carry masks), MSE, and KL and NLL when the model has
+    them. The output folder is checked before any image is inferred. Returns the path of index.html.
+    """
+    records = infer_images(
+        model,
+        objective,
+        batches,
+        refinement_iters=refinement_iters,
+        num_images=num_images,
+        upsample_mode=upsample_mode,
+        progress=progress,
+    )
+    return write_stage_pages(records, out_dir, scale=scale, embed_images=embed_images)
+
+
+def make_gifs(
+    model: torch.nn.Module,
+    objective: Any,
+    batches: Iterable[Batch],
+    out_dir: str | Path,
+    *,
+    refinement_iters: Optional[int] = None,
+    num_images: int = 100,
+    top_k: int = 10,
+    frames: int = 8,
+    activeness_steps: int = 6,
+    seed: int = 0,
+    scale: Optional[int] = None,
+    fps: float = 4,
+) -> dict[str, Any]:
+    """Latent-traversal GIFs of the first image, as the original's make_gifs (`latent_traversals`): per slot k
+    and its r-th most active dimension (r < top_k), `slot_{k}_row_{r}.gif`; all of them on `traversals.png`.
+
+    Returns: {"gifs": [paths], "sheet": path, "dims": [top dims], "activeness": [D] mean scores,
+    "ranges": ([D] mins, [D] maxs)}.
+    """
+    out_dir = ensure_writable_folder(out_dir, "output folder")  # before the minutes of inference
+    result = latent_traversals(
+        model,
+        objective,
+        batches,
+        refinement_iters=refinement_iters,
+        num_images=num_images,
+        top_k=top_k,
+        frames=frames,
+        activeness_steps=activeness_steps,
+        seed=seed,
+    )
+    gifs, sheet = write_traversals(result.traversals, out_dir, fps=fps, scale=scale)
+    return {
+        "gifs": gifs,
+        "sheet": sheet,
+        "dims": result.dims,
+        "activeness": result.activeness.tolist(),
+        "ranges": (result.ranges[0].cpu().tolist(), result.ranges[1].cpu().tolist()),
+    }
