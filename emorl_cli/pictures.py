@@ -1,8 +1,7 @@
 """Pictures of a model: inference (evaluate/) composed with drawing (viz/), for `emorl viz`, `emorl gifs`
 and the demo.
 
-Shape legend: B images in a batch, K slots, D latent size. The model contract is that of `emorl_cli.model`;
-batches are the data layer's dicts.
+The model contract is that of `emorl_cli.model`; batches are the data layer's dicts.
 """
 
 from __future__ import annotations
@@ -13,12 +12,10 @@ from typing import Any, Optional
 
 import torch
 
-from emorl_cli.evaluate.ari import UpsampleMode
 from emorl_cli.evaluate.inference import infer_images
-from emorl_cli.evaluate.runner import Progress
 from emorl_cli.evaluate.traversals import latent_traversals
 from emorl_cli.files import ensure_writable_folder
-from emorl_cli.viz.gifs import write_traversals
+from emorl_cli.viz.gifs import DEFAULT_FPS, write_traversals
 from emorl_cli.viz.pages import write_stage_pages
 
 __all__ = ["make_viz", "make_gifs"]
@@ -32,28 +29,18 @@ def make_viz(
     batches: Iterable[Batch],
     out_dir: str | Path,
     *,
-    refinement_iters: Optional[int] = None,
-    num_images: int = 10,
     scale: Optional[int] = None,
-    upsample_mode: UpsampleMode = "bicubic",
     embed_images: bool = False,
-    progress: Progress = None,
+    **inference: Any,
 ) -> Path:
     """Write `image_{index}.png` (a row per inference stage) for each image, an index.html with metrics, and
     `viz.npz` with the arrays drawn (images, index, true masks, and per stage means/masks/attention).
 
+    `inference`: the options of `infer_images` (refinement_iters, num_images, upsample_mode, progress).
     Per-image metrics: FG-ARI and ARI (when the batches carry masks), MSE, and KL and NLL when the model has
     them. The output folder is checked before any image is inferred. Returns the path of index.html.
     """
-    records = infer_images(
-        model,
-        objective,
-        batches,
-        refinement_iters=refinement_iters,
-        num_images=num_images,
-        upsample_mode=upsample_mode,
-        progress=progress,
-    )
+    records = infer_images(model, objective, batches, **inference)
     return write_stage_pages(records, out_dir, scale=scale, embed_images=embed_images)
 
 
@@ -63,33 +50,20 @@ def make_gifs(
     batches: Iterable[Batch],
     out_dir: str | Path,
     *,
-    refinement_iters: Optional[int] = None,
-    num_images: int = 100,
-    top_k: int = 10,
-    frames: int = 8,
-    activeness_steps: int = 6,
-    seed: int = 0,
     scale: Optional[int] = None,
-    fps: float = 4,
+    fps: float = DEFAULT_FPS,
+    **traversal: Any,
 ) -> dict[str, Any]:
-    """Latent-traversal GIFs of the first image, as the original's make_gifs (`latent_traversals`): per slot k
-    and its r-th most active dimension (r < top_k), `slot_{k}_row_{r}.gif`; all of them on `traversals.png`.
+    """Latent-traversal GIFs of the first image, as the original's make_gifs: per slot k and its r-th most
+    active dimension, `slot_{k}_row_{r}.gif`; all of them on one sheet, `traversals.png`.
 
+    `traversal`: the options of `latent_traversals` (refinement_iters, num_images, top_k, frames,
+    activeness_steps, seed). The output folder is checked before the minutes of inference.
     Returns: {"gifs": [paths], "sheet": path, "dims": [top dims], "activeness": [D] mean scores,
     "ranges": ([D] mins, [D] maxs)}.
     """
-    out_dir = ensure_writable_folder(out_dir, "output folder")  # before the minutes of inference
-    result = latent_traversals(
-        model,
-        objective,
-        batches,
-        refinement_iters=refinement_iters,
-        num_images=num_images,
-        top_k=top_k,
-        frames=frames,
-        activeness_steps=activeness_steps,
-        seed=seed,
-    )
+    out_dir = ensure_writable_folder(out_dir, "output folder")
+    result = latent_traversals(model, objective, batches, **traversal)
     gifs, sheet = write_traversals(result.traversals, out_dir, fps=fps, scale=scale)
     return {
         "gifs": gifs,

@@ -2,43 +2,23 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
 from emorl_cli.cli.console import console, print_table
-from emorl_cli.cli.options import (
-    BatchSizeOpt,
-    CheckpointOpt,
-    ConfigOpt,
-    DataDirOpt,
-    IterOpt,
-    OutOpt,
-    SeedOpt,
-    SetOpt,
-    in_range,
+from emorl_cli.cli.inference import (
+    ACTIVENESS_IMAGES,
+    EVAL_IMAGES,
+    InferenceOptions,
+    inference_command,
 )
+from emorl_cli.cli.options import in_range
 from emorl_cli.cli.progress import image_progress
 from emorl_cli.errors import InputError
 
 app = typer.Typer(no_args_is_help=True)
-
-DataFileOpt = Annotated[
-    Optional[Path],
-    typer.Option("--data", help="An .h5 file (ClevrTex: a variant folder) to evaluate on (instead of --data-dir)."),
-]
-SplitOpt = Annotated[str, typer.Option("--split", help="Group of the .h5 file: test or train (ClevrTex: also val).")]
-NumImagesOpt = Annotated[
-    Optional[int],
-    typer.Option(
-        "--num-images",
-        help="Images to use (default: eval.num_images).",
-        callback=in_range("the number of test images to use", 1),
-    ),
-]
-__all__ = ["DataFileOpt", "IterOpt", "SplitOpt", "app"]
 
 METRIC_LABELS = {"fg_ari": "FG-ARI", "ari": "ARI", "mse": "MSE", "kl": "KL", "nll": "NLL", "miou": "mIoU"}
 VariantOpt = Annotated[
@@ -51,27 +31,14 @@ VariantOpt = Annotated[
 ]
 
 
-def _out_dir(out: Optional[Path], checkpoint: Path, what: str) -> Path:
-    return out if out is not None else checkpoint.parent / f"{checkpoint.stem}-{what}"
-
-
 @app.command()
+@inference_command(EVAL_IMAGES)
 def ari(
-    checkpoint: CheckpointOpt,
-    config: ConfigOpt = None,
-    overrides: SetOpt = None,
-    data_dir: DataDirOpt = None,
-    data: DataFileOpt = None,
-    split: SplitOpt = "test",
-    num_images: NumImagesOpt = None,
-    batch_size: BatchSizeOpt = None,
+    opts: InferenceOptions,
     samples: Annotated[
         Optional[int],
         typer.Option("--samples", help="Stochastic passes per image.", callback=in_range("passes per image", 1)),
     ] = None,
-    refinement_iters: IterOpt = None,
-    seed: SeedOpt = None,
-    out: OutOpt = None,
     variant: VariantOpt = None,
 ) -> None:
     """FG-ARI (background dropped), ARI, MSE, KL and NLL per image; mean ± std over images.
@@ -80,19 +47,18 @@ def ari(
     """
     from emorl_cli.evaluate.ari_report import format_stats, run_ari_eval
     from emorl_cli.evaluate.clevrtex_report import open_variants, run_clevrtex_eval
-    from emorl_cli.evaluate.session import load_model, open_eval_split
 
-    loaded = load_model(checkpoint, config, overrides)
+    loaded = opts.load()
     cfg = loaded.cfg
-    limit = num_images if num_images is not None else cfg.eval.num_images
+    limit = opts.images(cfg)
     n_samples = samples if samples is not None else cfg.eval.samples
     if cfg.data.dataset == "clevrtex":
-        variants = open_variants(cfg, variant or [], data_dir=data_dir, data_file=data, split=split)
+        variants = open_variants(cfg, variant or [], data_dir=opts.data_dir, data_file=opts.data, split=opts.split)
         run, data_set, total = run_clevrtex_eval, variants, sum(min(len(d), limit) for d in variants.values())
     elif variant:
         raise InputError(f"--variant applies to ClevrTex configs only; this checkpoint's data is {cfg.data.dataset!r}")
     else:
-        dataset = open_eval_split(cfg, data_dir=data_dir, data_file=data, split=split)
+        dataset = opts.open_split(cfg)
         run, data_set, total = run_ari_eval, dataset, min(len(dataset), limit)
     report = _run_sharded(
         run,
@@ -100,20 +66,20 @@ def ari(
         data_set,
         total=total * n_samples,
         num_images=limit,
-        batch_size=batch_size if batch_size is not None else cfg.eval.batch_size,
+        batch_size=opts.batch(cfg),
         samples=n_samples,
-        refinement_iters=refinement_iters,
-        seed=cfg.training.seed if seed is None else seed,
-        out_dir=_out_dir(out, checkpoint, "eval"),
+        refinement_iters=opts.refinement_iters,
+        seed=opts.seed_for(cfg),
+        out_dir=opts.out_dir("eval"),
     )
     if report is None:  # not the main process
         return
     if cfg.data.dataset == "clevrtex":
-        _clevrtex_table(report, loaded, split, refinement_iters)
+        _clevrtex_table(report, loaded, opts.split, opts.refinement_iters)
         return
-    iters = loaded.refinement_iters(refinement_iters)
+    iters = loaded.refinement_iters(opts.refinement_iters)
     table = Table(
-        title=f"{checkpoint.name} on {dataset.path.name}/{split}: {len(report.per_image)} images"
+        title=f"{opts.checkpoint.name} on {dataset.path.name}/{opts.split}: {len(report.per_image)} images"
         + (f", I={iters}" if iters is not None else ""),
         caption="mean ± std over images"
         + (
@@ -182,16 +148,9 @@ def _clevrtex_table(report, loaded, split: str, refinement_iters: Optional[int])
 
 
 @app.command()
+@inference_command(EVAL_IMAGES)
 def dci(
-    checkpoint: CheckpointOpt,
-    config: ConfigOpt = None,
-    overrides: SetOpt = None,
-    data_dir: DataDirOpt = None,
-    data: DataFileOpt = None,
-    split: SplitOpt = "test",
-    num_images: NumImagesOpt = None,
-    batch_size: BatchSizeOpt = None,
-    refinement_iters: IterOpt = None,
+    opts: InferenceOptions,
     estimators: Annotated[
         int,
         typer.Option("--estimators", help="Trees per gradient-boosted model.", callback=in_range("trees per model", 1)),
@@ -206,32 +165,29 @@ def dci(
         int,
         typer.Option("--min-pixels", help="Skip objects smaller than this.", callback=in_range("pixels", 0)),
     ] = 50,
-    seed: SeedOpt = None,
-    out: OutOpt = None,
 ) -> None:
     """DCI disentanglement, completeness and informativeness of the final posterior means (dci.json)."""
     from emorl_cli.evaluate.dci_report import run_dci_eval
-    from emorl_cli.evaluate.session import load_model, open_eval_split
 
-    loaded = load_model(checkpoint, config, overrides)
-    cfg = loaded.cfg
-    dataset = open_eval_split(cfg, data_dir=data_dir, data_file=data, split=split, load_factors=True)
-    count = min(len(dataset), num_images if num_images is not None else cfg.eval.num_images)
+    loaded, dataset = opts.open(load_factors=True)
+    count = opts.image_count(loaded.cfg, dataset)
     with image_progress("eval dci", count) as advance:
         scores, path = run_dci_eval(
             loaded,
             dataset,
             num_images=count,
-            batch_size=batch_size if batch_size is not None else cfg.eval.batch_size,
-            refinement_iters=refinement_iters,
-            seed=cfg.training.seed if seed is None else seed,
+            batch_size=opts.batch(loaded.cfg),
+            refinement_iters=opts.refinement_iters,
+            seed=opts.seed_for(loaded.cfg),
             estimators=estimators,
             min_iou=min_iou,
             min_pixels=min_pixels,
-            out_dir=_out_dir(out, checkpoint, "dci"),
+            out_dir=opts.out_dir("dci"),
             progress=advance,
         )
-    table = Table(title=f"DCI of {checkpoint.name}: {scores['matched']} matched slots from {scores['images']} images")
+    table = Table(
+        title=f"DCI of {opts.checkpoint.name}: {scores['matched']} matched slots from {scores['images']} images"
+    )
     table.add_column("score")
     table.add_column("value", justify="right")
     for key in ("disentanglement", "completeness", "informativeness_train", "informativeness_test"):
@@ -241,38 +197,20 @@ def dci(
 
 
 @app.command()
-def activeness(
-    checkpoint: CheckpointOpt,
-    config: ConfigOpt = None,
-    overrides: SetOpt = None,
-    data_dir: DataDirOpt = None,
-    data: DataFileOpt = None,
-    split: SplitOpt = "test",
-    num_images: Annotated[
-        int,
-        typer.Option(
-            "--num-images", help="Images for ranges and activeness.", callback=in_range("the number of test images", 1)
-        ),
-    ] = 100,
-    batch_size: BatchSizeOpt = None,
-    refinement_iters: IterOpt = None,
-    seed: SeedOpt = None,
-    out: OutOpt = None,
-) -> None:
+@inference_command(ACTIVENESS_IMAGES)
+def activeness(opts: InferenceOptions) -> None:
     """Latent ranges and per-dimension activeness (the pass `gifs` uses), written to activeness.json."""
     from emorl_cli.evaluate.dci_report import run_activeness
-    from emorl_cli.evaluate.session import load_model, open_eval_split
 
-    loaded = load_model(checkpoint, config, overrides)
-    dataset = open_eval_split(loaded.cfg, data_dir=data_dir, data_file=data, split=split, need_masks=False)
+    loaded, dataset = opts.open(need_masks=False)
     result, path = run_activeness(
         loaded,
         dataset,
-        num_images=min(num_images, len(dataset)),
-        batch_size=batch_size if batch_size is not None else loaded.cfg.eval.batch_size,
-        refinement_iters=refinement_iters,
-        seed=loaded.cfg.training.seed if seed is None else seed,
-        out_dir=_out_dir(out, checkpoint, "activeness"),
+        num_images=opts.image_count(loaded.cfg, dataset),
+        batch_size=opts.batch(loaded.cfg),
+        refinement_iters=opts.refinement_iters,
+        seed=opts.seed_for(loaded.cfg),
+        out_dir=opts.out_dir("activeness"),
     )
     top = ", ".join(f"{d} ({result['activeness'][d]:.3g})" for d in result["ranking"][:10])
     console.print(f"most active latent dimensions: {top}", highlight=False)
