@@ -20,6 +20,7 @@ from emorl_cli.data.synth import synthesize
 from emorl_cli.errors import InputError
 from emorl_cli.evaluate.ari_report import format_stats
 from emorl_cli.files import ensure_writable_folder
+from emorl_cli.training.progress import TrainingProgress
 
 DEMO_TRAIN_IMAGES = 10_000
 DEMO_TEST_IMAGES = 320
@@ -85,7 +86,7 @@ def run_demo(
     config: Optional[str] = None,
     overrides: Optional[list[str]] = None,
     on_stage: Callable[[str], None] = lambda stage: None,
-    interactive: bool = False,
+    progress: Optional[TrainingProgress] = None,
 ) -> DemoResult:
     """The whole workflow; with `checkpoint`, skip training and show that model instead."""
     from emorl_cli.evaluate.ari_report import run_ari_eval
@@ -119,7 +120,7 @@ def run_demo(
         run = out_dir / time.strftime("run-%Y%m%d-%H%M%S")
         reserve = _reserve(budget, cfg.test_refinement_iters())
         train_seconds = max(1.0, budget - (time.perf_counter() - started) - reserve)
-        result = train(cfg, run, show_progress=True, interactive=interactive, max_seconds=train_seconds)
+        result = train(cfg, run, progress=progress, max_seconds=train_seconds)
         checkpoint, steps = result.last_checkpoint, result.start_step + result.steps
         paths["run"], paths["checkpoint"] = run, checkpoint
         t = mark("train", t)

@@ -34,6 +34,7 @@ from emorl_cli.files import (
     ensure_writable_file,
     ensure_writable_folder,
 )
+from emorl_cli.training.progress import TrainingProgress
 
 EMA_ALPHA = 0.9
 DROP_FRACTION = 0.8
@@ -169,8 +170,7 @@ def tune_geco(
     data_dir: Optional[Path] = None,
     pilot_steps: Optional[int] = None,
     write_config: Optional[Path] = None,
-    show_progress: bool = True,
-    interactive: bool = False,
+    progress: Optional[TrainingProgress] = None,
 ) -> tuple[GecoProposal, dict[str, Path]]:
     """Run (or resume) the pilot in OUT/pilot, propose a target, write proposal.json, nll_curve.png and,
     with `write_config`, a copy of the config with GECO on and the target set."""
@@ -184,7 +184,7 @@ def tune_geco(
         ensure_writable_file(write_config, "--write-config file")
     run_dir = RunDir(Path(out_dir) / "pilot")
     resume = run_dir.latest_checkpoint() is not None
-    train(pilot, run_dir.root, data_dir=data_dir, resume=resume, show_progress=show_progress, interactive=interactive)
+    train(pilot, run_dir.root, data_dir=data_dir, resume=resume, progress=progress)
     pixels = int(np.prod(cfg.model.input_size))
     curve_steps, nll = read_nll_curve(run_dir.metrics, pixels)
     proposal = propose_target(curve_steps, nll, pixels, steps)

@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_config
+from helpers import TINY, set_options, tiny_config
 
 from emorl_cli.checkpoint import load_checkpoint
 from emorl_cli.data.synth import synthesize
 from emorl_cli.training.loop import train
+from emorl_cli.training.progress import NullTrainingProgress
 from emorl_cli.training.run_logs import eval_rows, read_rows, training_rows
 from emorl_cli.training.rundir import RunDir
 
@@ -145,3 +146,52 @@ def test_max_minutes_must_be_a_positive_finite_number():
     for bad in ("0", "-1", ".nan", ".inf"):
         with pytest.raises(ConfigError, match="training.max_minutes"):
             tiny_config(f"training.max_minutes={bad}")
+
+
+# ------------------------------------------------------------------------------ progress of a run
+
+
+def test_the_progress_sink_gets_every_step_the_log_steps_and_the_last_fg_ari(synth_dir, tmp_path):
+    """Oracle: the run's own metrics.jsonl (its evaluation rows) and the step arithmetic of log_every."""
+    sink = NullTrainingProgress()
+    cfg = tiny_config("training.iters=5", "training.log_every=2", *EVAL)
+    train(cfg, tmp_path / "run", data_dir=synth_dir, progress=sink)
+    start, *steps = sink.statuses
+    assert (start.step, start.total, start.budget_seconds, start.fg_ari) == (0, 5, None, None)
+    assert [s.step for s in steps] == [1, 2, 3, 4, 5]
+    assert [s.step for s in steps if s.log_step] == [1, 3, 5]  # steps 0, 2, 4 (0-based) and the last
+    evals = {r["step"]: r["fg_ari"] for r in eval_rows(RunDir(tmp_path / "run").metrics)}
+    assert steps[0].fg_ari is None and steps[1].fg_ari == pytest.approx(evals[2])
+    assert steps[2].fg_ari == pytest.approx(evals[2]) and steps[4].fg_ari == pytest.approx(evals[5])
+    assert all(s.eta_seconds is not None and s.seconds_left is None for s in steps)
+    silent = NullTrainingProgress()
+    train(tiny_config("training.iters=1"), tmp_path / "quiet", data_dir=synth_dir, progress=silent, show_progress=False)
+    assert silent.statuses == []
+
+
+def test_a_budgeted_run_reports_minutes_left_and_no_eta(synth_dir, tmp_path):
+    sink = NullTrainingProgress()
+    train(tiny_config("training.iters=2"), tmp_path / "run", data_dir=synth_dir, progress=sink, max_seconds=600)
+    last = sink.statuses[-1]
+    assert last.budget_seconds == 600 and last.eta_seconds is None
+    assert last.seconds_left == pytest.approx(600 - last.seconds) and 0 < last.seconds < 600
+
+
+def _train_output(cli, synth_dir, run, *overrides: str) -> list[str]:
+    args = ["train", "demo", "--data-dir", synth_dir, "--out", run, *set_options(*TINY, *overrides)]
+    result = cli(*args)
+    assert result.exit_code == 0, result.output
+    return [line for line in result.output.splitlines() if line.startswith("step ")]
+
+
+def test_train_prints_a_plain_line_per_log_step_off_a_terminal(cli, synth_dir, tmp_path):
+    lines = _train_output(cli, synth_dir, tmp_path / "run", "training.iters=3", "training.log_every=2", *EVAL)
+    assert [line.split()[1] for line in lines] == ["1/3", "3/3"]
+    assert all("it/s" in line and "loss " in line and " eta " in line for line in lines)
+    assert "FG-ARI" not in lines[0] and "FG-ARI" in lines[1]  # evaluated after step 2
+
+
+def test_train_with_a_time_budget_shows_minutes_and_never_an_eta(cli, synth_dir, tmp_path):
+    lines = _train_output(cli, synth_dir, tmp_path / "run", "training.iters=2", "training.max_minutes=60")
+    assert [line.split()[1] for line in lines] == ["1", "2"]
+    assert all(" of 60.0 min (" in line and " left)" in line and "eta" not in line for line in lines)

@@ -9,8 +9,9 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from emorl_cli.cli.console import console, err_console, is_interactive, print_table
+from emorl_cli.cli.console import console, err_console, print_table
 from emorl_cli.cli.options import ConfigArg, ConfigOpt, DataDirOpt, SetOpt
+from emorl_cli.cli.progress import TrainingDisplay
 from emorl_cli.config import load_config, resolve_config_path
 from emorl_cli.errors import InputError
 
@@ -38,7 +39,7 @@ def tune_geco(
         data_dir=data_dir,
         pilot_steps=pilot_steps,
         write_config=write_config,
-        interactive=is_interactive(),
+        progress=TrainingDisplay(),
     )
     table = Table(title=f"GECO target for {config} (pilot: {proposal.pilot_steps} steps without GECO)")
     table.add_column("NLL per pixel and channel")
@@ -78,7 +79,7 @@ def demo(
         config=config,
         overrides=overrides,
         on_stage=lambda stage: err_console.print(f"[bold]demo:[/] {stage}", highlight=False),
-        interactive=is_interactive(),
+        progress=TrainingDisplay(),
     )
     table = Table(title="emorl demo")
     table.add_column("what")

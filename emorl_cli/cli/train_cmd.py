@@ -10,8 +10,9 @@ import click
 import typer
 from typer.core import TyperCommand
 
-from emorl_cli.cli.console import console, is_interactive
+from emorl_cli.cli.console import console
 from emorl_cli.cli.options import ConfigArg, DataDirOpt, OutOpt, SetOpt
+from emorl_cli.cli.progress import TrainingDisplay
 from emorl_cli.config import load_config, resolve_config_path
 
 
@@ -66,7 +67,7 @@ def train(
         data_dir=data_dir,
         resume=resume is not None,
         cpu=cpu,
-        interactive=is_interactive(),
+        progress=TrainingDisplay(),
         record_ranks=record_ranks,
     )
     if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch / torchrun only rank 0 reports

@@ -33,7 +33,7 @@ from emorl_cli.training.memory import check_training_memory
 from emorl_cli.training.order import GlobalBatchOrder, StepBatchSampler
 from emorl_cli.training.periodic_eval import BEST_NAME, PeriodicEvaluation
 from emorl_cli.training.precision import check_supported
-from emorl_cli.training.progress import TrainingProgress
+from emorl_cli.training.progress import ProgressReporter, TrainingProgress
 from emorl_cli.training.run_lock import lock_run_folder
 from emorl_cli.training.run_logs import MetricsLog, TensorBoardLog
 from emorl_cli.training.rundir import RunDir
@@ -54,7 +54,14 @@ class TrainResult:
 
 
 class Trainer:
-    """One training run: build everything once, then `run()`."""
+    """One training run: build everything once, then `run()`.
+
+    Options: `data_dir` overrides data.data_dir; `resume` continues the newest checkpoint of `run_dir`; `cpu`
+    trains on the CPU even with a GPU; `progress` is the sink the run reports to (`training.progress`; None:
+    nothing is reported) and `show_progress=False` silences it; `record_ranks` writes per-process sample
+    indices and GECO state (multi-process tests); `max_seconds` is a wall-clock budget (else
+    training.max_minutes).
+    """
 
     def __init__(
         self,
@@ -65,7 +72,7 @@ class Trainer:
         resume: bool = False,
         cpu: bool = False,
         show_progress: bool = True,
-        interactive: bool = False,
+        progress: Optional[TrainingProgress] = None,
         record_ranks: bool = False,
         max_seconds: Optional[float] = None,
     ):
@@ -74,7 +81,9 @@ class Trainer:
         self.accelerator = make_accelerator(cfg.training.mixed_precision, cpu=cpu)
         check_supported(cfg.training.mixed_precision, self.accelerator.device)
         self.main = self.accelerator.is_main_process
-        self.show_progress, self.interactive, self.record_ranks = show_progress, interactive, record_ranks
+        # progress goes to the caller's sink (the CLI draws it), from the main process only
+        self.progress = progress if show_progress and self.main else None
+        self.record_ranks = record_ranks
         minutes = cfg.training.max_minutes
         self.max_seconds = max_seconds if max_seconds is not None else (minutes * 60.0 if minutes else None)
         self.seconds_before = 0.0  # wall time of the run before this session (resumed runs)
@@ -204,11 +213,10 @@ class Trainer:
         stop_step = self.start_step if self._out_of_time(started) else t.iters  # a spent budget: nothing to do
         self.runner.model.train()
         try:
-            with TrainingProgress(
+            with ProgressReporter(
+                self.progress,
                 self.start_step,
                 t.iters,
-                enabled=self.show_progress and self.main,
-                interactive=self.interactive,
                 log_every=t.log_every,
                 budget_seconds=self.max_seconds,
                 seconds_before=self.seconds_before,
