@@ -59,3 +59,27 @@ def test_threads_option_sets_torch_threads(cli):
         assert cli("--threads", "0", "config", "validate", "demo").exit_code == 2
     finally:
         torch.set_num_threads(before)
+
+
+def _command_paths() -> list[list[str]]:
+    """Every command and group of the tree, as the words that reach it (the root: [])."""
+    import typer
+
+    from emorl_cli.cli.app import app
+
+    def walk(command, path):
+        yield path
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from walk(sub, [*path, name])
+
+    return list(walk(typer.main.get_command(app), []))
+
+
+def test_every_command_help_shows_an_example_of_itself(cli):
+    paths = _command_paths()
+    assert ["eval", "ari"] in paths and ["viz"] in paths and len(paths) >= 25
+    for path in paths:
+        result = cli(*path, "--help")
+        assert result.exit_code == 0, path
+        text = " ".join(result.output.split())  # rich wraps long lines
+        assert " ".join(["Example: emorl", *path]) in text, f"`emorl {' '.join(path)} --help` shows no example"

@@ -51,7 +51,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    help="EfficientMORL: train, evaluate and inspect object-centric models (Emami et al., ICML 2021).",
+    help="EfficientMORL: train, evaluate and inspect object-centric models (Emami et al., ICML 2021).\n\n"
+    "Example: emorl demo  (the whole workflow on synthetic data, on a CPU, in about 5 minutes)",
 )
 
 
@@ -86,9 +87,18 @@ def _root(
         torch.set_num_threads(threads)
 
 
-app.add_typer(data_cmd.app, name="data", help="Download, synthesise, inspect and verify datasets.")
+app.add_typer(
+    data_cmd.app,
+    name="data",
+    help="Download, synthesise, inspect and verify datasets.\n\nExample: emorl data synth tetrominoes --out data/synth",
+)
 app.command("train", cls=train_cmd.OptionalValueCommand)(train_cmd.train)
-app.add_typer(eval_cmd.app, name="eval", help="Evaluate a checkpoint: ARI, DCI, activeness.")
+app.add_typer(
+    eval_cmd.app,
+    name="eval",
+    help="Evaluate a checkpoint: ARI, DCI, activeness.\n\n"
+    "Example: emorl eval ari --checkpoint runs/tetro/checkpoints/step_0200000.pt --data-dir data/synth",
+)
 app.command("gifs")(pictures_cmd.gifs)
 app.command("viz")(pictures_cmd.viz)
 app.command("tune-geco")(demo_cmd.tune_geco)
@@ -96,8 +106,15 @@ app.command("demo")(demo_cmd.demo)
 app.command("sweep")(experiments_cmd.sweep)
 app.command("report")(experiments_cmd.report)
 app.command("bench")(bench_cmd.bench)
-app.add_typer(config_cmd.app, name="config", help="Show, validate and convert configs.")
-app.add_typer(models_cmd.app, name="models", help="List and download the published EfficientMORL checkpoints.")
+app.add_typer(
+    config_cmd.app, name="config", help="Show, validate and convert configs.\n\nExample: emorl config show tetrominoes"
+)
+app.add_typer(
+    models_cmd.app,
+    name="models",
+    help="List and download the published EfficientMORL checkpoints.\n\n"
+    "Example: emorl models fetch tetrominoes --dest models",
+)
 
 
 def main() -> None:

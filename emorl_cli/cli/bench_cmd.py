@@ -37,7 +37,10 @@ def bench(
     cpu: Annotated[bool, typer.Option("--cpu", help="Measure on the CPU even when a GPU is present.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
 ) -> None:
-    """Measure training or evaluation speed and peak memory (median and interquartile range)."""
+    """Measure training or evaluation speed and peak memory (median and interquartile range).
+
+    Example: emorl bench tetrominoes --mode train --batch-size 32 --steps 5
+    """
     from emorl_cli import bench as lib
 
     if suite is not None:

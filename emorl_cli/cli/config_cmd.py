@@ -18,13 +18,19 @@ app = typer.Typer(no_args_is_help=True)
 
 @app.command()
 def show(config: ConfigArg, overrides: SetOpt = None) -> None:
-    """Print the resolved config as YAML (defaults filled in, overrides applied)."""
+    """Print the resolved config as YAML (defaults filled in, overrides applied).
+
+    Example: emorl config show tetrominoes --set training.iters=1000
+    """
     typer.echo(dump_yaml(load_config(config, overrides)), nl=False)
 
 
 @app.command()
 def validate(config: ConfigArg, overrides: SetOpt = None) -> None:
-    """Check a config; exit 1 listing every bad field."""
+    """Check a config; exit 1 listing every bad field.
+
+    Example: emorl config validate my.yaml
+    """
     try:
         cfg = load_config(config, overrides)
     except ConfigValidationError as exc:
@@ -37,7 +43,10 @@ def validate(config: ConfigArg, overrides: SetOpt = None) -> None:
 
 @app.command("list")
 def list_configs() -> None:
-    """List the shipped configs."""
+    """List the shipped configs.
+
+    Example: emorl config list
+    """
     for name in shipped_config_names():
         typer.echo(name)
 
@@ -47,7 +56,10 @@ def convert(
     original: Annotated[Path, typer.Argument(help="An original EfficientMORL sacred JSON (train or test).")],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the YAML here instead of printing.")] = None,
 ) -> None:
-    """Turn an original EfficientMORL JSON config into an emorl YAML config."""
+    """Turn an original EfficientMORL JSON config into an emorl YAML config.
+
+    Example: emorl config convert EfficientMORL/configs/train/tetrominoes/EMORL.json -o tetrominoes.yaml
+    """
     text = dump_yaml(convert_original_file(original))
     if out is None:
         typer.echo(text, nl=False)

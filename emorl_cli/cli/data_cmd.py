@@ -126,6 +126,8 @@ def fetch(
     when whole.
 
     Writes a manifest (name, size, md5) next to the data; a second run downloads nothing.
+
+    Example: emorl data fetch --zenodo --dest data --only tetrominoes.h5 --only tetrominoes_test.h5
     """
     if zenodo == clevrtex:
         raise InputError("give one source: --zenodo (the EfficientMORL .h5 files) or --clevrtex")
@@ -183,6 +185,8 @@ def synth(
     """Generate a synthetic Tetrominoes or Multi-dSprites set in the Zenodo layout and file names.
 
     Any config for that dataset then works with --data-dir pointing at the folder.
+
+    Example: emorl data synth tetrominoes --out data/synth --train 10000 --test 1000 --seed 0
     """
     from emorl_cli.data.synth import synthesize
 
@@ -236,6 +240,8 @@ def import_images(
 
     Each picture is centre-cropped to a square and resized to --size; masks are cropped the same way, resized
     nearest-neighbour and stored one-hot. Writes atomically and records the file in emorl-manifest.json.
+
+    Example: emorl data import photos/ --out data/custom.h5 --size 64 --masks labels/
     """
     from emorl_cli.data.folder_import import import_folder
 
@@ -281,7 +287,10 @@ def info(
     ] = None,
     count: Annotated[int, typer.Option("--count", min=1, help="Images on the contact sheet.")] = 16,
 ) -> None:
-    """Describe an .h5 dataset file: groups, shapes, dtypes, entities, value ranges (and a preview PNG)."""
+    """Describe an .h5 dataset file: groups, shapes, dtypes, entities, value ranges (and a preview PNG).
+
+    Example: emorl data info data/tetrominoes_test.h5 --preview preview.png
+    """
     from emorl_cli.data.h5 import describe_file
     from emorl_cli.data.preview import contact_sheet
     from emorl_cli.files import ensure_writable_file
@@ -320,7 +329,10 @@ def info(
 def verify(
     folder: Annotated[Path, typer.Argument(help="A folder written by `emorl data fetch` or `emorl data synth`.")],
 ) -> None:
-    """Re-check every file of a data folder against its manifest (size and md5); exit 1 naming each bad file."""
+    """Re-check every file of a data folder against its manifest (size and md5); exit 1 naming each bad file.
+
+    Example: emorl data verify data
+    """
     from emorl_cli.data.manifest import verify_folder
 
     checks = verify_folder(folder, RichProgress())

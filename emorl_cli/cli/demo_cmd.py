@@ -28,7 +28,10 @@ def tune_geco(
         Optional[Path], typer.Option("--write-config", help="Write a copy of the config with the target set.")
     ] = None,
 ) -> None:
-    """Propose a GECO reconstruction target from a short pilot run without GECO (resumable, seeded)."""
+    """Propose a GECO reconstruction target from a short pilot run without GECO (resumable, seeded).
+
+    Example: emorl tune-geco tetrominoes --data-dir data/synth --write-config tetrominoes-tuned.yaml
+    """
     from emorl_cli.tune_geco import tune_geco as run
 
     cfg = load_config(config, overrides)
@@ -65,7 +68,10 @@ def demo(
     config: ConfigOpt = None,
     overrides: SetOpt = None,
 ) -> None:
-    """Train and show EfficientMORL on synthetic Tetrominoes on the CPU, in about --minutes minutes."""
+    """Train and show EfficientMORL on synthetic Tetrominoes on the CPU, in about --minutes minutes.
+
+    Example: emorl demo --minutes 5 --out emorl-demo
+    """
     from emorl_cli.demo import run_demo, summary_rows
 
     if not math.isfinite(minutes):

@@ -44,6 +44,8 @@ def ari(
     """FG-ARI (background dropped), ARI, MSE, KL and NLL per image; mean ± std over images.
 
     On ClevrTex: the benchmark's ARI, FG-ARI, mIoU and MSE (summed over pixels) and KL, one row per variant.
+
+    Example: emorl eval ari --checkpoint runs/tetro/checkpoints/step_0200000.pt --data-dir data/synth --samples 5
     """
     from emorl_cli.evaluate.ari_report import format_stats, run_ari_eval
     from emorl_cli.evaluate.clevrtex_report import open_variants, run_clevrtex_eval
@@ -166,7 +168,10 @@ def dci(
         typer.Option("--min-pixels", help="Skip objects smaller than this.", callback=in_range("pixels", 0)),
     ] = 50,
 ) -> None:
-    """DCI disentanglement, completeness and informativeness of the final posterior means (dci.json)."""
+    """DCI disentanglement, completeness and informativeness of the final posterior means (dci.json).
+
+    Example: emorl eval dci --checkpoint models/emorl-clevr6-seed-2004-state-300000.pth --config clevr6 --data-dir data
+    """
     from emorl_cli.evaluate.dci_report import run_dci_eval
 
     loaded, dataset = opts.open(load_factors=True)
@@ -199,7 +204,10 @@ def dci(
 @app.command()
 @inference_command(ACTIVENESS_IMAGES)
 def activeness(opts: InferenceOptions) -> None:
-    """Latent ranges and per-dimension activeness (the pass `gifs` uses), written to activeness.json."""
+    """Latent ranges and per-dimension activeness (the pass `gifs` uses), written to activeness.json.
+
+    Example: emorl eval activeness --checkpoint runs/tetro/checkpoints/step_0200000.pt --data-dir data/synth --out act
+    """
     from emorl_cli.evaluate.dci_report import run_activeness
 
     loaded, dataset = opts.open(need_masks=False)

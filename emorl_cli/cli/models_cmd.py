@@ -20,7 +20,10 @@ DestOpt = Annotated[Path, typer.Option("--dest", help="Folder holding the downlo
 
 @app.command("list")
 def list_models(dest: DestOpt = DEFAULT_DEST) -> None:
-    """The published checkpoints: the config each needs, the original README's figures, the eval command."""
+    """The published checkpoints: the config each needs, the original README's figures, the eval command.
+
+    Example: emorl models list --dest models
+    """
     from emorl_cli.config import load_config
 
     table = Table(caption="ARI as the original computes it: background excluded (emorl's FG-ARI, ×100)")
@@ -60,7 +63,10 @@ def fetch(
         float, typer.Option("--backoff", min=0.0, help="Seconds before the first retry (doubles each time).")
     ] = 1.0,
 ) -> None:
-    """Download a published checkpoint and verify its git blob id; a mismatch is an error, never kept as NAME."""
+    """Download a published checkpoint and verify its git blob id; a mismatch is an error, never kept as NAME.
+
+    Example: emorl models fetch tetrominoes --dest models
+    """
     from emorl_cli.data.zenodo import FetchOptions
     from emorl_cli.published import fetch_model
 

@@ -28,7 +28,10 @@ def gifs(
         int, typer.Option("--frames", help="Frames per GIF.", callback=in_range("frames of a traversal", 2))
     ] = 8,
 ) -> None:
-    """Per slot, GIFs traversing its top-k most active latent dimensions (slot_{k}_row_{r}.gif) + one sheet."""
+    """Per slot, GIFs traversing its top-k most active latent dimensions (slot_{k}_row_{r}.gif) + one sheet.
+
+    Example: emorl gifs --checkpoint runs/tetro/checkpoints/step_0200000.pt --data-dir data/synth --out gifs --top-k 10
+    """
     from emorl_cli.evaluate.session import batches_of
     from emorl_cli.files import atomic_write_json
     from emorl_cli.pictures import make_gifs
@@ -69,7 +72,10 @@ def viz(
     opts: InferenceOptions,
     embed: Annotated[bool, typer.Option("--embed", help="Inline the PNGs into index.html.")] = False,
 ) -> None:
-    """Per image, a PNG whose rows are the L layers and I refinement steps; index.html; arrays in viz.npz."""
+    """Per image, a PNG whose rows are the L layers and I refinement steps; index.html; arrays in viz.npz.
+
+    Example: emorl viz --checkpoint runs/tetro/checkpoints/step_0200000.pt --data-dir data/synth --out viz
+    """
     import torch
 
     from emorl_cli.evaluate.session import batches_of

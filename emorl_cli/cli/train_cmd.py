@@ -56,7 +56,10 @@ def train(
         bool, typer.Option("--record-ranks", hidden=True, help="Write per-process sample indices and GECO state.")
     ] = False,
 ) -> None:
-    """Train EfficientMORL or Slot Attention; writes config.yaml, checkpoints/, tb/ and metrics.jsonl."""
+    """Train EfficientMORL or Slot Attention; writes config.yaml, checkpoints/, tb/ and metrics.jsonl.
+
+    Example: emorl train tetrominoes --data-dir data/synth --out runs/tetro
+    """
     from emorl_cli.training.loop import train as run_training
 
     cfg = load_config(config, overrides)
