@@ -28,7 +28,7 @@ _EXPORTS = {
     "open_split": "dataset",
     "make_dataloader": "dataset",
     "measure_loader_throughput": "dataset",
-    "collate_batch": "dataset",
+    "collate_batch": "batches",
     "resolve_split_path": "dataset",
     "synthesize": "synth",
     "generate": "synth",

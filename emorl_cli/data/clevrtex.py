@@ -32,7 +32,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import get_worker_info
 
 from emorl_cli.config import DATASET_ENTITIES, DataConfig
-from emorl_cli.data.dataset import MEMORY_FRACTION, BatchedDataset, available_memory_bytes, images_to_tensor
+from emorl_cli.data.batches import MEMORY_FRACTION, BatchedDataset, available_memory_bytes, images_to_tensor
 from emorl_cli.data.registry import CLEVRTEX_VARIANTS, clevrtex_folder_name
 from emorl_cli.errors import DataError
 

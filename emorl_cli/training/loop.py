@@ -25,7 +25,8 @@ from torch.utils.data import DataLoader
 from emorl_cli.accelerator import make_accelerator
 from emorl_cli.checkpoint import load_checkpoint, save_checkpoint
 from emorl_cli.config import Config, config_to_dict
-from emorl_cli.data.dataset import check_slots_cover_entities, collate_batch, open_split
+from emorl_cli.data.batches import collate_batch
+from emorl_cli.data.dataset import check_slots_cover_entities, open_split
 from emorl_cli.errors import CheckpointError, OutputError, TrainingError
 from emorl_cli.files import atomic_write_json, atomic_write_text
 from emorl_cli.training.images import training_figure

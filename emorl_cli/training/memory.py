@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 
 from emorl_cli.config import Config
-from emorl_cli.data.dataset import available_memory_bytes
+from emorl_cli.data.batches import available_memory_bytes
 from emorl_cli.errors import TrainingError
 
 # Activations per pixel of each image outside the decoder (encoder, attention, likelihood), fitted low.
