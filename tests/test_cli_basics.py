@@ -83,3 +83,31 @@ def test_every_command_help_shows_an_example_of_itself(cli):
         assert result.exit_code == 0, path
         text = " ".join(result.output.split())  # rich wraps long lines
         assert " ".join(["Example: emorl", *path]) in text, f"`emorl {' '.join(path)} --help` shows no example"
+
+
+INFERENCE_COMMANDS = [["eval", "ari"], ["eval", "dci"], ["eval", "activeness"], ["viz"], ["gifs"]]
+SHARED_OPTIONS = [
+    "--checkpoint", "--config", "--set", "--data-dir", "--data", "--split", "--num-images", "--batch-size",
+    "--refinement-iters", "--seed", "--out",
+]  # fmt: skip
+
+
+def test_the_five_inference_commands_offer_the_same_shared_options():
+    """Each shared option is one declaration: the same names and help in all five (--num-images: its own
+    default and help per command; --out: required for pictures)."""
+    import typer
+
+    from emorl_cli.cli.app import app
+
+    root = typer.main.get_command(app)
+    seen: dict[str, set[tuple]] = {}
+    for path in INFERENCE_COMMANDS:
+        command = root
+        for word in path:
+            command = command.commands[word]
+        params = {param.opts[0]: param for param in command.params if param.opts}
+        for name in SHARED_OPTIONS:
+            assert name in params, f"emorl {' '.join(path)} lacks {name}"
+            if name not in ("--num-images", "--out"):
+                seen.setdefault(name, set()).add((tuple(params[name].opts), params[name].help))
+    assert all(len(declarations) == 1 for declarations in seen.values()), seen
