@@ -13,6 +13,7 @@ from helpers import TINY, set_options, tiny_config
 from emorl_cli.checkpoint import load_checkpoint
 from emorl_cli.config import load_config
 from emorl_cli.data.synth import synthesize
+from emorl_cli.errors import TrainingError
 from emorl_cli.training import step as step_module
 from emorl_cli.training.loop import train
 from emorl_cli.training.order import GlobalBatchOrder, StepBatchSampler
@@ -193,3 +194,14 @@ def test_bf16_mixed_precision_keeps_the_fragile_sums_in_float32(synth_dir, tmp_p
     assert out.nll.dtype == out.kl.dtype == out.mask_logprobs.dtype == torch.float32
     result = train(cfg, tmp_path / "bf16", data_dir=synth_dir, show_progress=False)
     assert np.isfinite(result.final_scalars["loss"])
+
+
+def test_a_run_from_before_a_model_field_existed_resumes(synth_dir, tmp_path):
+    first = train(tiny_config("training.iters=2"), tmp_path / "old", data_dir=synth_dir, show_progress=False)
+    state = load_checkpoint(first.last_checkpoint)
+    del state["config"]["model"]["encoder_width"]  # as written by a version without the field
+    torch.save(state, first.last_checkpoint)
+    resumed = train(tiny_config("training.iters=3"), tmp_path / "old", data_dir=synth_dir, resume=True)
+    assert resumed.start_step == 2 and resumed.steps == 1
+    with pytest.raises(TrainingError, match="model section"):  # a real difference is still refused
+        train(tiny_config("training.iters=4", "model.z_size=4"), tmp_path / "old", data_dir=synth_dir, resume=True)

@@ -76,10 +76,12 @@ def test_geco_state_is_identical_on_both_ranks_and_equals_one_process(runs):
     assert states[0]["C_ema"] != 0.0  # the warm start happened and the EMA moved
 
 
-@pytest.mark.parametrize("entry", ["module", "console_script"])
+@pytest.mark.parametrize("entry", ["module", "console_script", "no_python"])
 def test_accelerate_launch_runs_train(tmp_path, runs, entry):
+    """`-m emorl_cli`, `$(which emorl)` and `--no_python emorl` (what the README shows first) all work."""
     root, _ = runs
-    target = ["-m", "emorl_cli"] if entry == "module" else [str(Path(sys.executable).parent / "emorl")]
+    script = str(Path(sys.executable).parent / "emorl")
+    target = {"module": ["-m", "emorl_cli"], "console_script": [script], "no_python": ["--no_python", script]}[entry]
     command = [
         sys.executable,
         "-m",

@@ -20,11 +20,12 @@ from typing import Any, Optional
 
 import torch
 import yaml
+from pydantic import ValidationError
 from torch.utils.data import DataLoader
 
 from emorl_cli.accelerator import make_accelerator
 from emorl_cli.checkpoint import load_checkpoint, save_checkpoint
-from emorl_cli.config import Config, config_to_dict
+from emorl_cli.config import Config, ModelConfig, config_to_dict
 from emorl_cli.data.batches import collate_batch
 from emorl_cli.data.dataset import check_slots_cover_entities, open_split
 from emorl_cli.errors import CheckpointError, OutputError, TrainingError
@@ -140,7 +141,7 @@ class Trainer:
             earlier = [path for _, path in self.run_dir.list_checkpoints()[:-1]]
             tip = f"; to resume from {earlier[-1].name} instead, move {latest.name} away" if earlier else ""
             raise TrainingError(f"cannot resume: {exc}{tip}") from None
-        if state["config"]["model"] != config_to_dict(self.cfg)["model"]:
+        if not same_model(state["config"]["model"], self.cfg.model):
             raise TrainingError(
                 f"the model section of the config differs from the one in {latest}; resume with the same "
                 f"model settings (only data, training and eval fields may change)"
@@ -309,6 +310,16 @@ class Trainer:
         if self.runner.world > 1:
             spent = self.accelerator.reduce(spent, reduction="sum")
         return bool(spent > 0)
+
+
+def same_model(stored: dict[str, Any], model: ModelConfig) -> bool:
+    """Whether a checkpoint's model section describes `model`; fields the checkpoint predates count with
+    their defaults (which keep the model it was trained as), so runs of an older emorl still resume."""
+    try:
+        stored = ModelConfig.model_validate(stored).model_dump(mode="json")
+    except ValidationError:
+        return False
+    return stored == model.model_dump(mode="json")
 
 
 def train(cfg: Config, run_dir: Path, **options: Any) -> TrainResult:
