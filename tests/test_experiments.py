@@ -20,7 +20,7 @@ from PIL import Image
 from emorl_cli.config import config_to_dict, load_config
 from emorl_cli.data.synth import synthesize
 from emorl_cli.errors import InputError
-from emorl_cli.experiments.report import Mark, build_report, mean_std, table_rows, to_csv
+from emorl_cli.experiments.report import Mark, build_report, cell, mean_std, table_rows, to_csv
 from emorl_cli.experiments.sweep import is_finished, parse_grid, parse_seeds, plan_runs, short_keys, split_values
 from emorl_cli.training.run_logs import eval_rows
 from emorl_cli.training.rundir import RunDir
@@ -213,6 +213,22 @@ def test_report_gives_mean_and_sample_std_over_seeds_per_setting(tmp_path):
     csv_lines = to_csv(report).splitlines()
     assert csv_lines[0].startswith("setting,seeds,fg_ari_mean,fg_ari_std")
     assert len(csv_lines) == 3
+
+
+def test_report_counts_a_run_only_at_marks_it_reached(tmp_path):
+    long_run = fake_run(tmp_path / "seed=1", 1, 7e-4, [0.2, 0.4, 0.6])  # rows at steps 100-300, 30-90 s
+    fake_run(tmp_path / "seed=2", 2, 7e-4, [0.3])  # stopped after step 100 (30 s), not finished
+    setting = build_report([tmp_path]).settings[0]
+    assert setting.figures(Mark("step", 100))["fg_ari"]["n"] == 2
+    later = setting.figures(Mark("step", 300))["fg_ari"]
+    assert later["n"] == 1 and later["mean"] == pytest.approx(0.6)  # seed 2's last figure is not carried on
+    assert setting.figures(Mark("minute", 1.0))["fg_ari"]["n"] == 1
+    assert cell(later, scale=100, of=2) == "60.0 ± 0.0 (1 of 2)"
+    # a run that spent its time budget of 80 s counts up to 2 minutes (the budget rounded up), not beyond
+    (long_run / "finished.json").write_text(json.dumps({"step": 300, "reason": "time budget", "seconds": 80.0}))
+    budgeted = build_report([long_run]).settings[0]
+    assert budgeted.figures(Mark("minute", 2.0))["fg_ari"]["mean"] == pytest.approx(0.6)
+    assert budgeted.figures(Mark("minute", 2.5))["fg_ari"]["n"] == 0
 
 
 def test_mean_std_of_one_value_and_of_none():

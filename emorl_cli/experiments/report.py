@@ -51,6 +51,7 @@ class RunFigures:
     folder: Path
     config: dict[str, Any]  # flattened: "training.lr" → 0.0007
     rows: list[dict[str, Any]]
+    finished: Optional[dict[str, Any]] = None  # finished.json: {"step", "reason", "seconds"}, or None
 
     @property
     def seed(self) -> Any:
@@ -61,10 +62,25 @@ class RunFigures:
         return self.rows[-1] if self.rows else None
 
     def at(self, point: Mark) -> Optional[dict[str, Any]]:
-        """The last evaluation row at or before a step (or a wall-clock minute); None before the first."""
+        """The last evaluation row at or before a step (or a wall-clock minute); None before the first
+        evaluation and None at a mark the run never reached, so that a run stopped early does not count its
+        last figure at later marks. A run that ended on its time budget reached every minute up to that
+        budget rounded up to a whole minute (a 15-minute demo trains 14.5 minutes and counts at 15)."""
         key, limit = ("step", point.value) if point.unit == "step" else ("seconds", point.value * 60.0)
+        if not self.reached(key, limit):
+            return None
         reached = [r for r in self.rows if _number(r.get(key)) is not None and r[key] <= limit + 1e-9]
         return reached[-1] if reached else None
+
+    def reached(self, key: str, limit: float) -> bool:
+        """Whether the run got to `limit` steps or seconds."""
+        furthest = max((_number(r.get(key)) or 0.0 for r in self.rows), default=0.0)
+        if furthest >= limit - 1e-9:
+            return True
+        budget = self.finished or {}
+        if key == "seconds" and budget.get("reason") == "time budget" and _number(budget.get("seconds")):
+            return math.ceil(budget["seconds"] / 60.0 - 1e-9) * 60.0 >= limit - 1e-9
+        return False
 
     @property
     def best(self) -> Optional[dict[str, Any]]:
@@ -176,7 +192,11 @@ def read_run(folder: Path) -> RunFigures:
         config = config_to_dict(config_from_dict(config, source=str(run.config)))
     except EmorlError:
         pass  # not a config this version validates: compare what it holds
-    return RunFigures(folder=folder, config=flatten(config), rows=eval_rows(run.metrics))
+    try:
+        finished = json.loads(run.finished.read_text()) if run.finished.is_file() else None
+    except (OSError, ValueError):
+        finished = None  # a torn or unreadable finished.json: judge the run by its rows alone
+    return RunFigures(folder=folder, config=flatten(config), rows=eval_rows(run.metrics), finished=finished)
 
 
 def _label(values: dict[str, Any], short: dict[str, str]) -> str:
@@ -224,11 +244,15 @@ def _name_by_folder(settings: list[Setting], sources: dict[str, set[Optional[Pat
 # --------------------------------------------------------------------------------------------- layout
 
 
-def cell(summary: dict[str, Any], scale: float = 1.0, fmt: str = "{:.1f}") -> str:
-    """'mean ± std' of a figure (as the paper prints them), '—' without values."""
+def cell(summary: dict[str, Any], scale: float = 1.0, fmt: str = "{:.1f}", of: Optional[int] = None) -> str:
+    """'mean ± std' of a figure (as the paper prints them), '—' without values; with `of` (the runs of
+    the setting), how many of them the figure covers when not all."""
     if summary["mean"] is None:
         return "—"
-    return f"{fmt.format(summary['mean'] * scale)} ± {fmt.format(summary['std'] * scale)}"
+    text = f"{fmt.format(summary['mean'] * scale)} ± {fmt.format(summary['std'] * scale)}"
+    if of is not None and summary["n"] < of:
+        text += f" ({summary['n']} of {of})"  # some runs never got to this mark
+    return text
 
 
 TABLE_COLUMNS = (
@@ -246,7 +270,7 @@ def table_rows(report: Report) -> list[list[str]]:
     rows = []
     for setting in report.settings:
         final, best = setting.figures("final"), setting.figures("best")
-        at = [cell(setting.figures(m)["fg_ari"], scale=100) for m in report.marks]
+        at = [cell(setting.figures(m)["fg_ari"], scale=100, of=len(setting.runs)) for m in report.marks]
         rows.append(
             [
                 setting.label,
