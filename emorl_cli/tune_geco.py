@@ -119,10 +119,11 @@ def propose_target(steps: np.ndarray, nll_per_pixel: np.ndarray, pixels: int, pi
 
 
 def read_nll_curve(metrics: Path, pixels: int) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, NLL per pixel and channel) from a run's metrics.jsonl (a cut-off last line is skipped)."""
-    from emorl_cli.training.run_logs import read_rows
+    """(steps, NLL per pixel and channel) of the training rows of a run's metrics.jsonl (a cut-off last line
+    is skipped; evaluation rows, which carry a test-split NLL, are not part of the pilot's curve)."""
+    from emorl_cli.training.run_logs import training_rows
 
-    rows = [r for r in read_rows(metrics)[0] if "nll" in r]
+    rows = [r for r in training_rows(metrics) if "nll" in r]
     return np.array([r["step"] for r in rows]), np.array([r["nll"] / pixels for r in rows], dtype=np.float64)
 
 

@@ -12,7 +12,7 @@ from helpers import set_options
 from emorl_cli import demo as demo_module
 from emorl_cli.config import load_config
 from emorl_cli.data.synth import synthesize
-from emorl_cli.tune_geco import propose_target
+from emorl_cli.tune_geco import propose_target, read_nll_curve
 
 SMALL = [
     "model.z_size=8",
@@ -110,6 +110,19 @@ def data_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tg")
     synthesize("tetrominoes", folder, 64, 8, seed=1)
     return folder
+
+
+def test_the_pilot_curve_leaves_out_evaluation_rows(tmp_path):
+    metrics = tmp_path / "metrics.jsonl"
+    rows = [
+        {"step": 0, "nll": 300.0, "loss": 1.0},
+        {"step": 25, "nll": 150.0, "loss": 1.0},
+        {"step": 25, "split": "test", "nll": -9000.0, "fg_ari": 0.1},  # periodic evaluation (eval_every)
+        {"step": 50, "nll": 75.0, "loss": 1.0},
+    ]
+    metrics.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    steps, nll = read_nll_curve(metrics, pixels=3)
+    assert steps.tolist() == [0, 25, 50] and nll.tolist() == [100.0, 50.0, 25.0]
 
 
 def test_tune_geco_command_writes_a_valid_config_and_is_reproducible(cli, data_dir, tmp_path):
