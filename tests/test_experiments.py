@@ -231,6 +231,16 @@ def test_report_counts_a_run_only_at_marks_it_reached(tmp_path):
     assert budgeted.figures(Mark("minute", 2.5))["fg_ari"]["n"] == 0
 
 
+def test_runs_that_differ_only_in_their_data_folder_are_one_setting(tmp_path):
+    for seed in (1, 2):  # two `emorl demo --out D<seed>` runs: the same data synthesised into two folders
+        folder = fake_run(tmp_path / f"D{seed}" / "run", seed, 7e-4, [0.2 * seed])
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+        config["data"]["data_dir"] = str(tmp_path / f"D{seed}" / "data")
+        (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    report = build_report([tmp_path / "D1" / "run", tmp_path / "D2" / "run"])
+    assert len(report.settings) == 1 and report.settings[0].figures("final")["fg_ari"]["n"] == 2
+
+
 def test_mean_std_of_one_value_and_of_none():
     assert mean_std([0.4]) == {"mean": 0.4, "std": 0.0, "n": 1}
     assert mean_std([]) == {"mean": None, "std": None, "n": 0}

@@ -30,6 +30,9 @@ from emorl_cli.training.rundir import RunDir
 
 FIGURES = ("fg_ari", "ari", "mse", "kl")
 SEED_KEY = "training.seed"
+# Config fields that say where things are, not what was trained: runs that differ only in them are seeds of
+# one setting (every `emorl demo --out D` synthesises the same data into its own D/data).
+WHERE_KEYS = frozenset({"data.data_dir"})
 
 
 @dataclass(frozen=True)
@@ -216,7 +219,7 @@ def build_report(paths: list[Path], marks: Optional[list[Mark]] = None) -> Repor
     runs = [read_run(folder) for folder, _ in found]
     missing = [(r.folder, "no evaluation rows in metrics.jsonl (train with training.eval_every > 0)") for r in runs]
     missing = [m for m, r in zip(missing, runs, strict=True) if not r.rows]
-    keys = sorted({k for r in runs for k in r.config} - {SEED_KEY})
+    keys = sorted({k for r in runs for k in r.config} - {SEED_KEY} - WHERE_KEYS)
     varying = [k for k in keys if len({_show(r.config.get(k)) for r in runs}) > 1]
     short = short_keys(varying)
     settings: dict[str, Setting] = {}
