@@ -119,7 +119,9 @@ class ModelConfig(_Section):
     )
     use_dual_gru: bool = Field(True, description="Update the posterior's mean and softplus with the DualGRU.")
     bottom_up_prior: bool = Field(
-        False, description="Use the bottom-up posterior of layer l-1 as the prior of layer l (else reversed prior)."
+        False,
+        description="Bottom-up prior: layer l's prior is p(z^l | z^(l-1)) from a sample of layer l-1's posterior "
+        "(else the reversed prior p(z^l | z^(l+1)))."
     )
     reverse_prior_plusplus: bool = Field(True, description="Reversed prior++ (needs bottom_up_prior false).")
     init_gain: float = Field(

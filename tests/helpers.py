@@ -21,6 +21,9 @@ TINY = [
     "training.refinement_curriculum=[[-1, 1], [3, 2]]",
     "training.mixed_precision=no",  # the training tests compare numbers in float32
     "model.init_gain=0.02",  # the paper's initialisation (the demo's gain 1 is tested by the demo tests)
+    "model.bottom_up_prior=false",  # the paper's reversed prior++ (the demo's bottom-up prior: golden tests)
+    "model.reverse_prior_plusplus=true",
+    "training.eval_every=0",  # tests of evaluation during training turn it on themselves
 ]
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.distributions import Normal, kl_divergence
 
 from emorl_cli.config import ModelConfig
 from emorl_cli.errors import DataError
 from emorl_cli.model import EfficientMORL, Objective, SlotAttention, build_model
 from emorl_cli.model.decoder import SpatialBroadcastDecoder
+from emorl_cli.model.distributions import DiagonalGaussian
 
 SMALL = dict(K=3, z_size=8, input_size=(3, 12, 12), log_scale=-1.2, image_decoder="small")
 
@@ -391,3 +393,39 @@ def test_attention_temperature_divides_the_logits(kind):
         peaked = sharp(images(2), noise=Recorder(3, replay=noise.draws), record=True).trace[0].attention
     entropy = lambda a: -(a * a.log()).sum(1).mean()  # noqa: E731  (over slots, per pixel)
     assert entropy(peaked) < entropy(flat)
+
+
+# ---------------------------------------------------------------------------------------- hierarchical KL
+
+
+@pytest.mark.parametrize("bottom_up", [False, True])
+def test_hierarchical_kl_wires_the_layers_as_the_original(bottom_up):
+    """The stage-0 KL against torch.distributions, layer by layer, as the original's two_stage_inference
+    wires it: reversed prior — the top layer against N(0, I), layer l against p(z^l | z^(l+1)); bottom-up
+    prior — the first layer against N(0, I), layer l against p(z^l | z^(l-1)). With zero noise every
+    conditioning sample is its posterior's mean."""
+    model = small_model(bottom_up_prior=bottom_up, reverse_prior_plusplus=not bottom_up)
+    batch, k, d, layers = 2, model.K, model.cfg.z_size, model.cfg.stochastic_layers
+    generator = torch.Generator().manual_seed(3)
+    locs = [torch.randn(batch * k, d, generator=generator) for _ in range(layers)]
+    stds = [torch.rand(batch * k, d, generator=generator) + 0.2 for _ in range(layers)]
+    posteriors = [DiagonalGaussian(loc, std) for loc, std in zip(locs, stds, strict=True)]
+    zero_noise = lambda shape: torch.zeros(shape)  # noqa: E731
+
+    with torch.no_grad():
+        kl, refinement_prior = model._stage0_kl(posteriors, torch.zeros(batch, 1), zero_noise)
+        expected = torch.zeros(batch)
+        for layer in range(layers):
+            neighbour = layer - 1 if bottom_up else layer + 1
+            if neighbour in (-1, layers):
+                prior = Normal(torch.zeros(batch * k, d), torch.ones(batch * k, d))
+            else:
+                conditional = model.hvae_networks.indep_prior(locs[neighbour])
+                prior = Normal(conditional.loc, conditional.std)
+            per_slot = kl_divergence(Normal(locs[layer], stds[layer]), prior).sum(-1)  # [B*K]
+            expected += per_slot.view(batch, k).sum(1)
+    torch.testing.assert_close(kl, expected, rtol=1e-5, atol=1e-5)
+    if bottom_up:  # refinement steps are scored against N(0, I) without reversed prior++
+        assert refinement_prior is None
+    else:  # with reversed prior++ against p(z^1 | z^2), the last prior of the reversed pass
+        torch.testing.assert_close(refinement_prior.loc, model.hvae_networks.indep_prior(locs[1]).loc)
