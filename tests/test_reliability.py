@@ -374,6 +374,10 @@ def _count_cases(trained: Path) -> list[tuple[list, str]]:
         (["viz", "--checkpoint", ckpt, *data, "--out", "v", "--num-images", "0"], "--num-images must be at least 1"),
         (fetch + ["--base-url", "http://127.0.0.1:9", "--timeout", "nan"], "--timeout must be a finite number"),
         (fetch + ["--base-url", "http://[::1"], "'http://[::1' is not a valid URL"),
+        (["data", "fetch", "--zenodo", "--dest", "fetched", "--retries", "-1"], "--retries must be at least 0"),
+        (["data", "synth", "tetrominoes", "--out", "s", "--train", "-1"], "--train must be at least 0"),
+        (["data", "info", "x.h5", "--preview", "p.png", "--count", "0"], "--count must be at least 1"),
+        (["models", "fetch", "tetrominoes", "--dest", "m", "--backoff", "-1"], "--backoff must be at least 0"),
     ]
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn, Optional
 
 import click
 import typer
@@ -22,6 +22,7 @@ from emorl_cli.cli import (
     train_cmd,
 )
 from emorl_cli.cli.console import debug_enabled, err_console, show_library_notes
+from emorl_cli.cli.options import in_range
 from emorl_cli.errors import EmorlError
 from emorl_cli.files import is_write_error, write_error
 
@@ -36,14 +37,25 @@ class EmorlGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except (EmorlError, OSError) as exc:
-            if debug_enabled() or ctx.meta.get(DEBUG_KEY):
-                raise
-            if isinstance(exc, OSError):
-                if not is_write_error(exc):
-                    raise
-                exc = write_error(exc.filename or "a file", exc)
-            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
+            self._fail(ctx, exc)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """The group's own options (`--threads 0`) are checked while parsing, before `invoke`."""
+        try:
+            return super().parse_args(ctx, args)
+        except EmorlError as exc:
+            self._fail(ctx, exc)
+
+    @staticmethod
+    def _fail(ctx: click.Context, exc: Exception) -> NoReturn:
+        if debug_enabled() or ctx.meta.get(DEBUG_KEY):
+            raise exc
+        if isinstance(exc, OSError):
+            if not is_write_error(exc):
+                raise exc
+            exc = write_error(exc.filename or "a file", exc)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
 
 
 app = typer.Typer(
@@ -52,7 +64,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     help="EfficientMORL: train, evaluate and inspect object-centric models (Emami et al., ICML 2021).\n\n"
-    "Example: emorl demo  (the whole workflow on synthetic data, on a CPU, in about 5 minutes)",
+    "Example: emorl demo  (the whole workflow on synthetic data, on a CPU, in about 10 minutes)",
 )
 
 
@@ -73,7 +85,7 @@ def _root(
         Optional[int],
         typer.Option(
             "--threads",
-            min=1,
+            callback=in_range("CPU threads", 1),
             help="CPU threads for torch (default: one per core). On a machine shared with other jobs, 1 can be "
             "several times faster.",
         ),

@@ -107,7 +107,9 @@ def fetch(
             f"{CLEVRTEX_BASE_URL} for --clevrtex).",
         ),
     ] = None,
-    retries: Annotated[int, typer.Option("--retries", min=0, help="Retries per file after a network error.")] = 5,
+    retries: Annotated[
+        int, typer.Option("--retries", help="Retries per file after a network error.", callback=in_range("retries", 0))
+    ] = 5,
     timeout: Annotated[
         float,
         typer.Option("--timeout", help="Seconds to wait for the server.", callback=in_range("seconds", 0.1)),
@@ -177,8 +179,12 @@ class SynthName(str, Enum):
 def synth(
     name: Annotated[SynthName, typer.Argument(help="Which dataset to imitate.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the .h5 files into.")] = Path("data"),
-    train: Annotated[int, typer.Option("--train", min=0, help="Training images (0: no training file).")] = 10_000,
-    test: Annotated[int, typer.Option("--test", min=0, help="Test images (0: no test file).")] = 1_000,
+    train: Annotated[
+        int, typer.Option("--train", help="Training images (0: no training file).", callback=in_range("images", 0))
+    ] = 10_000,
+    test: Annotated[
+        int, typer.Option("--test", help="Test images (0: no test file).", callback=in_range("images", 0))
+    ] = 1_000,
     seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same files.")] = 0,
     force: Annotated[bool, typer.Option("--force", help="Replace files that already exist.")] = False,
 ) -> None:
@@ -285,7 +291,9 @@ def info(
     preview: Annotated[
         Optional[Path], typer.Option("--preview", help="Also write a PNG contact sheet of the first images.")
     ] = None,
-    count: Annotated[int, typer.Option("--count", min=1, help="Images on the contact sheet.")] = 16,
+    count: Annotated[
+        int, typer.Option("--count", help="Images on the contact sheet.", callback=in_range("images", 1))
+    ] = 16,
 ) -> None:
     """Describe an .h5 dataset file: groups, shapes, dtypes, entities, value ranges (and a preview PNG).
 

@@ -54,13 +54,18 @@ def fetch(
     base_url: Annotated[
         str, typer.Option("--base-url", help="Where the repository's files are served (a mirror or a test server).")
     ] = DEFAULT_BASE_URL,
-    retries: Annotated[int, typer.Option("--retries", min=0, help="Retries after a network error.")] = 5,
+    retries: Annotated[
+        int, typer.Option("--retries", help="Retries after a network error.", callback=in_range("retries", 0))
+    ] = 5,
     timeout: Annotated[
         float,
         typer.Option("--timeout", help="Seconds to wait for the server.", callback=in_range("seconds", 0.1)),
     ] = 60.0,
     backoff: Annotated[
-        float, typer.Option("--backoff", min=0.0, help="Seconds before the first retry (doubles each time).")
+        float,
+        typer.Option(
+            "--backoff", help="Seconds before the first retry (doubles each time).", callback=in_range("seconds", 0.0)
+        ),
     ] = 1.0,
 ) -> None:
     """Download a published checkpoint and verify its git blob id; a mismatch is an error, never kept as NAME.
