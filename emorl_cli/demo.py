@@ -81,7 +81,7 @@ def ensure_data(cfg: Config) -> Path:
 def run_demo(
     out_dir: Path,
     *,
-    minutes: float = 5.0,
+    minutes: float = 10.0,
     checkpoint: Optional[Path] = None,
     config: Optional[str] = None,
     overrides: Optional[list[str]] = None,

@@ -61,7 +61,7 @@ def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for data, run, results and pictures.")] = Path(
         "emorl-demo"
     ),
-    minutes: Annotated[float, typer.Option("--minutes", "-m", help="Time budget of the whole demo.")] = 5.0,
+    minutes: Annotated[float, typer.Option("--minutes", "-m", help="Time budget of the whole demo.")] = 10.0,
     checkpoint: Annotated[
         Optional[Path], typer.Option("--checkpoint", help="Skip training; show this model (ours or an original .pth).")
     ] = None,
@@ -70,14 +70,14 @@ def demo(
 ) -> None:
     """Train and show EfficientMORL on synthetic Tetrominoes on the CPU, in about --minutes minutes.
 
-    Example: emorl demo --minutes 5 --out emorl-demo
+    Example: emorl demo --minutes 15 --set training.seed=2 --out emorl-demo-15
     """
     from emorl_cli.demo import run_demo, summary_rows
 
     if not math.isfinite(minutes):
-        raise InputError(f"--minutes must be a finite number of minutes, got {minutes}; try --minutes 5")
+        raise InputError(f"--minutes must be a finite number of minutes, got {minutes}; try --minutes 10")
     if minutes <= 0:
-        raise InputError(f"--minutes must be positive, got {minutes}; try --minutes 5")
+        raise InputError(f"--minutes must be positive, got {minutes}; try --minutes 10")
     result = run_demo(
         out,
         minutes=minutes,
