@@ -121,7 +121,7 @@ class ModelConfig(_Section):
     bottom_up_prior: bool = Field(
         False,
         description="Bottom-up prior: layer l's prior is p(z^l | z^(l-1)) from a sample of layer l-1's posterior "
-        "(else the reversed prior p(z^l | z^(l+1)))."
+        "(else the reversed prior p(z^l | z^(l+1))).",
     )
     reverse_prior_plusplus: bool = Field(True, description="Reversed prior++ (needs bottom_up_prior false).")
     init_gain: float = Field(
