@@ -20,7 +20,7 @@ from rich.progress import Progress as RichBar
 from rich.table import Table
 
 from emorl_cli.cli.console import console, err_console, is_interactive, print_table
-from emorl_cli.cli.options import in_range
+from emorl_cli.cli.options import BackoffOpt, RetriesOpt, TimeoutOpt, in_range
 from emorl_cli.data.progress import human_bytes
 from emorl_cli.data.registry import (
     CLEVRTEX_BASE_URL,
@@ -107,19 +107,9 @@ def fetch(
             f"{CLEVRTEX_BASE_URL} for --clevrtex).",
         ),
     ] = None,
-    retries: Annotated[
-        int, typer.Option("--retries", help="Retries per file after a network error.", callback=in_range("retries", 0))
-    ] = 5,
-    timeout: Annotated[
-        float,
-        typer.Option("--timeout", help="Seconds to wait for the server.", callback=in_range("seconds", 0.1)),
-    ] = 60.0,
-    backoff: Annotated[
-        float,
-        typer.Option(
-            "--backoff", help="Seconds before the first retry (doubles each time).", callback=in_range("seconds", 0.0)
-        ),
-    ] = 1.0,
+    retries: RetriesOpt = 5,
+    timeout: TimeoutOpt = 60.0,
+    backoff: BackoffOpt = 1.0,
     recheck: Annotated[
         bool, typer.Option("--recheck", help="Re-hash files the manifest vouches for; re-download any that changed.")
     ] = False,

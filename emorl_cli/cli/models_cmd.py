@@ -10,7 +10,7 @@ from rich.table import Table
 
 from emorl_cli.cli.console import console, print_table
 from emorl_cli.cli.data_cmd import RichProgress
-from emorl_cli.cli.options import in_range
+from emorl_cli.cli.options import BackoffOpt, RetriesOpt, TimeoutOpt
 from emorl_cli.published import DEFAULT_BASE_URL, DEFAULT_DEST, PUBLISHED_MODELS
 
 app = typer.Typer(no_args_is_help=True)
@@ -54,19 +54,9 @@ def fetch(
     base_url: Annotated[
         str, typer.Option("--base-url", help="Where the repository's files are served (a mirror or a test server).")
     ] = DEFAULT_BASE_URL,
-    retries: Annotated[
-        int, typer.Option("--retries", help="Retries after a network error.", callback=in_range("retries", 0))
-    ] = 5,
-    timeout: Annotated[
-        float,
-        typer.Option("--timeout", help="Seconds to wait for the server.", callback=in_range("seconds", 0.1)),
-    ] = 60.0,
-    backoff: Annotated[
-        float,
-        typer.Option(
-            "--backoff", help="Seconds before the first retry (doubles each time).", callback=in_range("seconds", 0.0)
-        ),
-    ] = 1.0,
+    retries: RetriesOpt = 5,
+    timeout: TimeoutOpt = 60.0,
+    backoff: BackoffOpt = 1.0,
 ) -> None:
     """Download a published checkpoint and verify its git blob id; a mismatch is an error, never kept as NAME.
 

@@ -66,3 +66,17 @@ IterOpt = Annotated[
         callback=in_range("refinement steps I at test time", 0, SIZE_LIMITS["refinement_iters"][0]),
     ),
 ]
+
+# The network options every download command shares (data fetch, models fetch).
+RetriesOpt = Annotated[
+    int, typer.Option("--retries", help="Retries per file after a network error.", callback=in_range("retries", 0))
+]
+TimeoutOpt = Annotated[
+    float, typer.Option("--timeout", help="Seconds to wait for the server.", callback=in_range("seconds", 0.1))
+]
+BackoffOpt = Annotated[
+    float,
+    typer.Option(
+        "--backoff", help="Seconds before the first retry (doubles each time).", callback=in_range("seconds", 0.0)
+    ),
+]
