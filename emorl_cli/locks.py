@@ -1,7 +1,8 @@
 """One emorl process per folder: an operating-system lock on FOLDER/.emorl-lock, which names its holder.
 
-`emorl train` holds its run folder and `emorl data fetch` / `data synth` their data folder for as long as
-they run, so two runs can never write the same checkpoints, metrics or downloads. The lock is `flock` on
+`emorl train` holds its run folder, `emorl data fetch` / `data synth` / `data import` their data folder and
+`emorl models fetch` its destination for as long as they run, so two commands can never write the same
+checkpoints, metrics, downloads or manifest. The lock is `flock` on
 the lock file: the operating system drops it when its process ends in any way (even `kill -9`), so a lock
 can never outlive its holder. The file holds the holder's PID, machine, command and start time, for the
 message a second process prints. A clean exit removes the file; a file left by a killed process is taken

@@ -20,6 +20,7 @@ from emorl_cli.data.manifest import Manifest, git_blob_id, md5_file
 from emorl_cli.data.progress import NullProgress, Progress
 from emorl_cli.data.zenodo import FetchOptions
 from emorl_cli.errors import InputError
+from emorl_cli.locks import lock_folder
 
 ORIGINAL_REPOSITORY = "pemami4911/EfficientMORL"
 # The original's newest commit; both checkpoints are unchanged since they were added.
@@ -133,10 +134,24 @@ def fetch_model(
         InputError: an unknown name.
         DownloadError: network or HTTP failure after the retries, a wrong blob id twice (the bad copy is left
             as `NAME.bad`, never under the final name), a full disk.
+        BusyError: another emorl process is fetching into (or otherwise holds) `dest`.
     """
     model = published_model(name, models)
     progress = progress or NullProgress()
     dest = make_destination(dest)
+    # one writer per folder: two fetches of one model would append to the same partial download
+    with lock_folder(dest, "emorl models fetch", advice="wait for it to finish, or fetch into another --dest"):
+        return _fetch_model_locked(model, dest, base_url, opts, progress, sleep)
+
+
+def _fetch_model_locked(
+    model: PublishedModel,
+    dest: Path,
+    base_url: str,
+    opts: Optional[FetchOptions],
+    progress: Progress,
+    sleep: Callable[[float], None],
+) -> FetchedModel:
     manifest = Manifest.load(dest)
     final = dest / model.file_name
     source = f"github:{ORIGINAL_REPOSITORY}/{model.path}"

@@ -250,6 +250,20 @@ def test_existing_output_needs_force(cli, tmp_path):
         assert handle["train"]["imgs"].shape[1:] == (12, 12, 3)
 
 
+def test_a_folder_held_by_another_emorl_process_is_refused_and_left_alone(cli, tmp_path):
+    from emorl_cli.locks import lock_folder
+
+    images, _ = write_pictures(tmp_path, count=4, masks=False)
+    out = tmp_path / "data" / "o.h5"
+    with lock_folder(out.parent, "emorl data fetch", advice="wait"):  # a second open file: refused like a process
+        result = cli("data", "import", images, "--out", out, "--size", "8")
+    assert result.exit_code == 1, result.output
+    assert "is in use by another emorl process" in result.output and "`emorl data fetch`" in result.output
+    assert not out.exists() and not (out.parent / MANIFEST_NAME).exists()
+    assert cli("data", "import", images, "--out", out, "--size", "8").exit_code == 0  # released: it works
+    assert sorted(p.name for p in out.parent.iterdir()) == [MANIFEST_NAME, "o.h5"]  # the lock file is gone
+
+
 # ------------------------------------------------------------------------------------------------ end to end
 
 # A very small EfficientMORL so that a few training steps take seconds on a CPU.

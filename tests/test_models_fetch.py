@@ -156,3 +156,17 @@ def test_list_names_configs_figures_and_the_eval_commands(tmp_path):
     for figure in ("99.7", "0.000276", "70.7", "98.05", "0.000364", "187.1"):
         assert figure in result.output
     assert "tetrominoes_test.h5" in result.output and "clevr6_with_masks_and_factors_test.h5" in result.output
+
+
+def test_a_destination_held_by_another_fetch_is_refused_without_a_request(served, tmp_path):
+    from emorl_cli.locks import lock_folder
+
+    server, data = served
+    dest = tmp_path / "models"
+    with lock_folder(dest, "emorl models fetch", advice="wait"):  # a second open file: refused like a process
+        result = fetch(server, dest)
+    assert result.exit_code == 1
+    assert "is in use by another emorl process" in one_line_error(result)
+    assert server.requests == [] and not (dest / TETRO.file_name).exists()
+    assert fetch(server, dest).exit_code == 0 and (dest / TETRO.file_name).read_bytes() == data
+    assert not (dest / ".emorl-lock").exists()

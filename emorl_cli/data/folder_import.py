@@ -31,6 +31,7 @@ from emorl_cli.data.h5 import atomic_h5
 from emorl_cli.data.manifest import Manifest, md5_file
 from emorl_cli.data.progress import NullProgress, Progress
 from emorl_cli.errors import DataError, InputError
+from emorl_cli.locks import lock_folder
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # Label masks must be lossless: JPEG would blur the labels at every object's edge.
@@ -234,6 +235,7 @@ def import_folder(
         InputError: size ≤ 0, test_fraction outside (0, 1).
         DataError: no images, an unreadable image or mask, a mask without an image or an image without a mask,
             a mask whose size differs from its image's, `out` existing without `force`.
+        BusyError: another emorl process holds `out`'s folder (an import, fetch or synth into it).
     """
     progress = progress or NullProgress()
     folder, out = Path(folder), Path(out)
@@ -246,16 +248,46 @@ def import_folder(
         )
     if out.is_dir():
         raise DataError(f"--out {out} is a folder; give the .h5 file to write, e.g. {out / 'custom.h5'}")
-    if out.exists() and not force:
-        raise DataError(f"{out} already exists; pass --force to replace it or choose another --out")
     stems = sorted(images)
     mask_paths = _list_masks(Path(masks), stems) if masks is not None else None
     if ignored:
         shown = ", ".join(ignored[:5]) + (" …" if len(ignored) > 5 else "")
         progress.note(f"left out {len(ignored)} file(s) of {folder} that are not PNG or JPEG: {shown}")
     train_idx, test_idx = split_indices(len(stems), test_fraction, seed)
-    manifest = Manifest.load(out.parent)  # a damaged manifest fails now, before any work
+    # one writer per folder: two imports into one folder would race on its manifest (and on `out`)
+    with lock_folder(out.parent, "emorl data import", advice="wait for it to finish, or write into another folder"):
+        if out.exists() and not force:
+            raise DataError(f"{out} already exists; pass --force to replace it or choose another --out")
+        manifest = Manifest.load(out.parent)  # a damaged manifest fails now, before any work
+        entities = _write_import(
+            out, images, mask_paths, stems, train_idx, test_idx, size, test_fraction, seed, progress
+        )
+        manifest.record_file(out.name, out.stat().st_size, md5_file(out), f"import:{folder}")
+        manifest.save()
+    return ImportResult(
+        path=out,
+        image_size=size,
+        train_names=[stems[i] for i in train_idx],
+        test_names=[stems[i] for i in test_idx],
+        entities=entities,
+        ignored=ignored,
+    )
 
+
+def _write_import(
+    out: Path,
+    images: dict[str, Path],
+    mask_paths: Optional[dict[str, Path]],
+    stems: list[str],
+    train_idx: np.ndarray,
+    test_idx: np.ndarray,
+    size: int,
+    test_fraction: float,
+    seed: int,
+    progress: Progress,
+) -> Optional[int]:
+    """Write the images (and one-hot masks) of `stems` into `out` atomically; the number of mask entities
+    (background included) or None without masks."""
     labels: Optional[np.ndarray] = None  # uint16 [N, S, S], in `stems` order
     with atomic_h5(out) as handle:
         groups = {"train": train_idx, "test": test_idx}
@@ -299,14 +331,4 @@ def import_folder(
         handle.attrs["image_size"] = size
         handle.attrs["split_test"] = test_fraction
         handle.attrs["seed"] = seed
-
-    manifest.record_file(out.name, out.stat().st_size, md5_file(out), f"import:{folder}")
-    manifest.save()
-    return ImportResult(
-        path=out,
-        image_size=size,
-        train_names=[stems[i] for i in train_idx],
-        test_names=[stems[i] for i in test_idx],
-        entities=entities,
-        ignored=ignored,
-    )
+    return entities
