@@ -2,11 +2,10 @@
 
 `emorl train` holds its run folder, `emorl data fetch` / `data synth` / `data import` their data folder and
 `emorl models fetch` its destination for as long as they run, so two commands can never write the same
-checkpoints, metrics, downloads or manifest. The lock is `flock` on
-the lock file: the operating system drops it when its process ends in any way (even `kill -9`), so a lock
-can never outlive its holder. The file holds the holder's PID, machine, command and start time, for the
-message a second process prints. A clean exit removes the file; a file left by a killed process is taken
-over by the next one, which says so.
+checkpoints, metrics, downloads or manifest. The lock is `flock` on the lock file: the operating system
+drops it when its process ends in any way (even `kill -9`), so a lock can never outlive its holder. The
+file holds the holder's PID, machine, command and start time, for the message a second process prints. A
+clean exit removes the file; a file left by a killed process is taken over by the next one, which says so.
 """
 
 from __future__ import annotations
