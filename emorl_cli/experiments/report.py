@@ -68,7 +68,8 @@ class RunFigures:
         """The last evaluation row at or before a step (or a wall-clock minute); None before the first
         evaluation and None at a mark the run never reached, so that a run stopped early does not count its
         last figure at later marks. A run that ended on its time budget reached every minute up to that
-        budget rounded up to a whole minute (a 15-minute demo trains about 14.8 minutes and counts at 15)."""
+        budget rounded up to a whole minute (a 15-minute demo trains 14.3 minutes at I = 2, 14.8 at I = 0,
+        and counts at 15)."""
         key, limit = ("step", point.value) if point.unit == "step" else ("seconds", point.value * 60.0)
         if not self.reached(key, limit):
             return None
