@@ -1,8 +1,9 @@
-"""`emorl demo`: synthesise Tetrominoes, train `configs/demo.yaml` for a time budget, evaluate and draw.
+"""`emorl demo [DATASET]`: synthesise a dataset, train its demo config for a time budget, evaluate and draw.
 
-The budget covers the whole command: data synthesis, training, evaluation (FG-ARI, MSE, KL on the test
-split), `viz` and `gifs`. Training stops when the time left equals an estimate of what the later stages
-need, so the command ends close to the budget.
+One demo per synthetic dataset (`DEMOS`): Tetrominoes (`configs/demo.yaml`, the default) and Multi-dSprites
+(`configs/demo_multi_dsprites.yaml`). The budget covers the whole command: data synthesis, training,
+evaluation (FG-ARI, MSE, KL on the test split), `viz` and `gifs`. Training stops when the time left equals
+an estimate of what the later stages need, so the command ends close to the budget.
 """
 
 from __future__ import annotations
@@ -24,10 +25,34 @@ from emorl_cli.training.progress import TrainingProgress
 
 DEMO_TRAIN_IMAGES = 10_000
 DEMO_TEST_IMAGES = 320
-# Seconds the stages after training take on a 2-core CPU at I = 3 (measured), reserved from the budget;
-# they scale with the I + 1 decodes per image (measured at I = 0: about 10 s in all).
+# Seconds the stages after training take on a 2-core CPU at I = 3 for the Tetrominoes demo (measured),
+# reserved from the budget; they scale with the I + 1 decodes per image (measured at I = 0: about 10 s in
+# all) and with the demo's `reserve_scale`.
 RESERVE_EVAL, RESERVE_VIZ, RESERVE_GIFS = 25.0, 8.0, 20.0
 RESERVE_AT_ITERS = 3
+
+
+@dataclass(frozen=True)
+class DemoSpec:
+    """One dataset's demo: its shipped config, default budget and the cost of its later stages."""
+
+    config: str
+    minutes: float
+    reserve_scale: float  # evaluation and pictures cost this many times the Tetrominoes demo's
+    about: str
+
+
+DEMOS: dict[str, DemoSpec] = {
+    "tetrominoes": DemoSpec("demo", 10.0, 1.0, "Tetrominoes, 35×35, three pieces"),
+    "multi_dsprites": DemoSpec("demo_multi_dsprites", 20.0, 4.0, "Multi-dSprites, 64×64, 2–5 sprites on grey"),
+}
+
+
+def demo_spec(dataset: str) -> DemoSpec:
+    """The demo of a dataset name; InputError naming the choices for any other."""
+    if dataset not in DEMOS:
+        raise InputError(f"no demo for dataset {dataset!r}; choose one of: {', '.join(DEMOS)}")
+    return DEMOS[dataset]
 
 
 @dataclass
@@ -50,14 +75,19 @@ def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
-def demo_config(out_dir: Path, overrides: Optional[list[str]] = None) -> Config:
-    """configs/demo.yaml (with dotted overrides) and its data folder inside `out_dir`.
+def demo_config(
+    out_dir: Path,
+    overrides: Optional[list[str]] = None,
+    dataset: str = "tetrominoes",
+    data_dir: Optional[Path] = None,
+) -> Config:
+    """The dataset's demo config (with dotted overrides), its data in `data_dir` (default: `out_dir`/data).
 
-    demo.yaml trains in bf16; on a CPU without native bf16 the demo trains in float32 instead, unless
+    The demo configs train in bf16; on a CPU without native bf16 the demo trains in float32 instead, unless
     `training.mixed_precision` is overridden explicitly.
     """
-    raw = config_to_dict(load_config("demo", overrides))
-    raw["data"]["data_dir"] = str(out_dir / "data")
+    raw = config_to_dict(load_config(demo_spec(dataset).config, overrides))
+    raw["data"]["data_dir"] = str(data_dir if data_dir is not None else out_dir / "data")
     explicit = any(item.split("=", 1)[0].strip() == "training.mixed_precision" for item in overrides or [])
     if raw["training"]["mixed_precision"] == "bf16" and not explicit and not cpu_has_native_bf16():
         raw["training"]["mixed_precision"] = "no"
@@ -65,7 +95,7 @@ def demo_config(out_dir: Path, overrides: Optional[list[str]] = None) -> Config:
 
 
 def ensure_data(cfg: Config) -> Path:
-    """Synthesise the demo's Tetrominoes unless both files are already there."""
+    """Synthesise the demo's dataset unless both files are already there (made once, then reused)."""
     folder = Path(cfg.data.data_dir)
     spec = DATASETS[cfg.data.dataset]
     missing = [split for split in ("train", "test") if not (folder / spec.file_for(split)).exists()]
@@ -81,25 +111,33 @@ def ensure_data(cfg: Config) -> Path:
 def run_demo(
     out_dir: Path,
     *,
-    minutes: float = 10.0,
+    dataset: str = "tetrominoes",
+    minutes: Optional[float] = None,
     checkpoint: Optional[Path] = None,
     config: Optional[str] = None,
     overrides: Optional[list[str]] = None,
+    data_dir: Optional[Path] = None,
     on_stage: Callable[[str], None] = lambda stage: None,
     progress: Optional[TrainingProgress] = None,
 ) -> DemoResult:
-    """The whole workflow; with `checkpoint`, skip training and show that model instead."""
+    """The whole workflow; with `checkpoint`, skip training and show that model instead.
+
+    `minutes`: the whole command's budget (None: the dataset's default, `DEMOS`); `data_dir`: where the
+    synthetic data are made once and reused (default: `out_dir`/data).
+    """
     from emorl_cli.evaluate.ari_report import run_ari_eval
     from emorl_cli.evaluate.session import batches_of, load_model, open_eval_split
     from emorl_cli.pictures import make_gifs, make_viz
     from emorl_cli.training.loop import train
 
     started = time.perf_counter()
+    spec = demo_spec(dataset)
+    minutes = spec.minutes if minutes is None else minutes
     budget = minutes * 60.0
     out_dir = Path(out_dir)
     if not (math.isfinite(budget) and budget > 0):
         raise InputError(f"the demo's time budget must be a positive number of minutes, got {minutes}")
-    cfg = demo_config(out_dir, overrides)
+    cfg = demo_config(out_dir, overrides, dataset, data_dir)
     # every input is checked before minutes of work: the output folder, and a given checkpoint
     ensure_writable_folder(out_dir, "demo folder")
     given = load_model(Path(checkpoint), config) if checkpoint is not None else None
@@ -118,7 +156,7 @@ def run_demo(
     if checkpoint is None:
         on_stage("train")
         run = out_dir / time.strftime("run-%Y%m%d-%H%M%S")
-        reserve = _reserve(budget, cfg.test_refinement_iters())
+        reserve = _reserve(budget, cfg.test_refinement_iters(), spec.reserve_scale)
         train_seconds = max(1.0, budget - (time.perf_counter() - started) - reserve)
         result = train(cfg, run, progress=progress, max_seconds=train_seconds)
         checkpoint, steps = result.last_checkpoint, result.start_step + result.steps
@@ -174,11 +212,11 @@ def run_demo(
     return DemoResult(metrics=report.summary, paths=paths, seconds=seconds, steps=steps)
 
 
-def _reserve(budget: float, refinement_iters: int) -> float:
-    """Seconds kept for evaluation and pictures at test-time I: the measured estimate, at most 40% of a
-    tiny budget."""
+def _reserve(budget: float, refinement_iters: int, scale: float = 1.0) -> float:
+    """Seconds kept for evaluation and pictures at test-time I: the measured estimate times the demo's
+    `reserve_scale`, at most 40% of a tiny budget."""
     measured = (RESERVE_EVAL + RESERVE_VIZ + RESERVE_GIFS) * (refinement_iters + 1) / (RESERVE_AT_ITERS + 1)
-    return min(measured, 0.4 * budget)
+    return min(measured * scale, 0.4 * budget)
 
 
 def summary_rows(result: DemoResult) -> list[tuple[str, Any]]:

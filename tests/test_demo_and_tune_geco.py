@@ -157,3 +157,51 @@ def test_tune_geco_refuses_slot_attention(cli, data_dir, tmp_path):
     result = cli("tune-geco", "slot_attention_tetrominoes", "--data-dir", data_dir, "--out", tmp_path / "x")
     assert result.exit_code == 1 and "EfficientMORL only" in result.output
     assert load_config("slot_attention_tetrominoes").model.kind == "slot_attention"
+
+
+def test_demo_multi_dsprites_with_a_tiny_budget_makes_its_own_data_and_every_output(cli, tmp_path, monkeypatch):
+    monkeypatch.setattr(demo_module, "DEMO_TRAIN_IMAGES", 32)
+    monkeypatch.setattr(demo_module, "DEMO_TEST_IMAGES", 8)
+    out = tmp_path / "md"
+    tiny = [*SMALL, "model.decoder_width=8", "model.encoder_width=8", "eval.num_images=8"]
+    result = cli("demo", "multi_dsprites", "--out", out, "--minutes", "0.5", *set_options(*tiny))
+    assert result.exit_code == 0, result.output
+    assert "emorl demo multi_dsprites" in result.output
+    assert (out / "data" / "multi_dsprites_colored_on_grayscale.h5").exists()
+    assert not (out / "data" / "tetrominoes.h5").exists()
+    config = yaml.safe_load(next(out.glob("run-*/config.yaml")).read_text())
+    assert config["data"]["dataset"] == "multi_dsprites" and config["model"]["input_size"] == [3, 64, 64]
+    assert json.loads((out / "eval" / "results.json").read_text())["num_images"] == 8
+    assert (out / "viz" / "index.html").exists()
+
+
+def test_demo_data_are_made_once_and_reused(tmp_path, monkeypatch):
+    monkeypatch.setattr(demo_module, "DEMO_TRAIN_IMAGES", 8)
+    monkeypatch.setattr(demo_module, "DEMO_TEST_IMAGES", 4)
+    calls = []
+    monkeypatch.setattr(demo_module, "synthesize", lambda *args, **kw: calls.append(args) or synthesize(*args, **kw))
+    for dataset in ("tetrominoes", "multi_dsprites", "tetrominoes", "multi_dsprites"):
+        demo_module.ensure_data(demo_module.demo_config(tmp_path, dataset=dataset, data_dir=tmp_path / "shared"))
+    assert [args[0] for args in calls] == ["tetrominoes", "multi_dsprites"]
+    assert len(list((tmp_path / "shared").glob("*.h5"))) == 4
+
+
+def test_demo_refuses_an_unknown_dataset_naming_the_choices(cli, tmp_path):
+    result = cli("demo", "clevr6", "--out", tmp_path / "demo")
+    assert result.exit_code == 1
+    assert "no demo for dataset 'clevr6'; choose one of: tetrominoes, multi_dsprites" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "demo").exists()
+
+
+def test_demo_help_lists_the_datasets_and_their_budgets(cli):
+    result = cli("demo", "--help")
+    assert result.exit_code == 0
+    assert "tetrominoes" in result.output and "multi_dsprites" in result.output
+
+
+def test_each_demo_config_is_the_paper_model_on_its_dataset():
+    for dataset, spec in demo_module.DEMOS.items():
+        cfg = load_config(spec.config)
+        assert cfg.data.dataset == dataset and cfg.model.kind == "emorl" and cfg.model.stochastic_layers == 3
+        assert spec.minutes <= 20

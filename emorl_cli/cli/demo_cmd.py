@@ -13,6 +13,7 @@ from emorl_cli.cli.console import console, err_console, print_table
 from emorl_cli.cli.options import ConfigArg, ConfigOpt, DataDirOpt, SetOpt
 from emorl_cli.cli.progress import TrainingDisplay
 from emorl_cli.config import load_config, resolve_config_path
+from emorl_cli.demo import demo_spec
 from emorl_cli.errors import InputError
 
 
@@ -58,36 +59,61 @@ def tune_geco(
 
 
 def demo(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for data, run, results and pictures.")] = Path(
-        "emorl-demo"
-    ),
-    minutes: Annotated[float, typer.Option("--minutes", "-m", help="Time budget of the whole demo.")] = 10.0,
+    dataset: Annotated[
+        str,
+        typer.Argument(
+            help="The synthetic dataset: tetrominoes (35×35, 10 minutes by default) or multi_dsprites (64×64, 20 "
+            "minutes by default).",
+            show_default=True,
+        ),
+    ] = "tetrominoes",
+    out: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--out",
+            "-o",
+            help="Folder for data, run, results, pictures (default: emorl-demo, or emorl-demo-DATASET).",
+        ),
+    ] = None,
+    minutes: Annotated[
+        Optional[float],
+        typer.Option("--minutes", "-m", help="Time budget of the whole demo (default: 10, multi_dsprites 20)."),
+    ] = None,
     checkpoint: Annotated[
         Optional[Path], typer.Option("--checkpoint", help="Skip training; show this model (ours or an original .pth).")
     ] = None,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
+    data_dir: Annotated[
+        Optional[Path],
+        typer.Option("--data-dir", help="Where the synthetic data are made once and reused (default: OUT/data)."),
+    ] = None,
 ) -> None:
-    """Train and show EfficientMORL on synthetic Tetrominoes on the CPU, in about --minutes minutes.
+    """Train and show EfficientMORL on synthetic Tetrominoes or Multi-dSprites on the CPU, in --minutes minutes.
 
-    Example: emorl demo --minutes 15 --set training.seed=2 --out emorl-demo-15
+    Example: emorl demo multi_dsprites --minutes 20 --set training.seed=2 --out emorl-demo-md
     """
     from emorl_cli.demo import run_demo, summary_rows
 
-    if not math.isfinite(minutes):
-        raise InputError(f"--minutes must be a finite number of minutes, got {minutes}; try --minutes 10")
-    if minutes <= 0:
-        raise InputError(f"--minutes must be positive, got {minutes}; try --minutes 10")
+    spec = demo_spec(dataset)
+    if minutes is not None and not math.isfinite(minutes):
+        raise InputError(f"--minutes must be a finite number of minutes, got {minutes}; try --minutes {spec.minutes:g}")
+    if minutes is not None and minutes <= 0:
+        raise InputError(f"--minutes must be positive, got {minutes}; try --minutes {spec.minutes:g}")
+    if out is None:
+        out = Path("emorl-demo" if dataset == "tetrominoes" else f"emorl-demo-{dataset.replace('_', '-')}")
     result = run_demo(
         out,
+        dataset=dataset,
         minutes=minutes,
         checkpoint=checkpoint,
         config=config,
         overrides=overrides,
+        data_dir=data_dir,
         on_stage=lambda stage: err_console.print(f"[bold]demo:[/] {stage}", highlight=False),
         progress=TrainingDisplay(),
     )
-    table = Table(title="emorl demo")
+    table = Table(title=f"emorl demo {dataset}")
     table.add_column("what")
     table.add_column("value")
     for label, value in summary_rows(result):

@@ -348,8 +348,8 @@ def plan_sweep(
 ) -> SweepPlan:
     """Check every run's config before anything starts, and decide jobs, threads and devices.
 
-    The shipped `demo` config reads the synthetic Tetrominoes `emorl demo` makes: without --data-dir they
-    are synthesised into DIR/data on first use, as the demo does in its own folder.
+    The shipped demo configs (`demo`, `demo_multi_dsprites`) read the synthetic data `emorl demo` makes:
+    without --data-dir they are synthesised into DIR/data on first use, as the demo does in its own folder.
     """
     import torch
 
@@ -383,9 +383,9 @@ def plan_sweep(
         raise InputError(
             f"cannot create the sweep folder {plan.out_dir} ({exc.strerror}); choose another --out"
         ) from None
-    if plan.data_dir is None and config == "demo":
-        from emorl_cli.demo import ensure_data
+    from emorl_cli.demo import DEMOS, ensure_data
 
+    if plan.data_dir is None and config in {spec.config for spec in DEMOS.values()}:
         plan.data_dir = plan.out_dir / "data"
         ensure_data(load_config(config, [*plan.sets, f"data.data_dir={plan.data_dir}"]))
     return plan
