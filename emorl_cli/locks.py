@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from emorl_cli.errors import BusyError, OutputError
-from emorl_cli.files import make_folder, pid_alive, write_error
+from emorl_cli.files import make_folder, open_fd_for_writing, pid_alive, write_error
 
 LOCK_NAME = ".emorl-lock"
 log = logging.getLogger("emorl.locks")
@@ -124,10 +124,7 @@ def lock_folder(folder: str | Path, command: str, *, advice: str) -> FolderLock:
     folder = make_folder(folder)
     path = folder / LOCK_NAME
     for _ in range(100):
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
-        except OSError as exc:
-            raise write_error(path, exc, "create the lock file") from None
+        fd = open_fd_for_writing(path, "r+")  # never through a link planted in the folder
         try:
             locked = _try_lock(fd)
         except OSError as exc:

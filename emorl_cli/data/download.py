@@ -47,7 +47,7 @@ from emorl_cli.data.archives import (
 from emorl_cli.data.manifest import HASH_CHUNK, Manifest, git_blob_id, md5_file, safe_relative
 from emorl_cli.data.progress import NullProgress, Progress, human_bytes
 from emorl_cli.errors import DownloadError
-from emorl_cli.files import remove_stale_temp_files
+from emorl_cli.files import inner_folder, open_for_writing, remove_stale_temp_files
 from emorl_cli.locks import lock_folder
 
 USER_AGENT = f"emorl/{__version__} (+https://doi.org/10.5281/zenodo.4895643)"
@@ -240,7 +240,7 @@ def _attempt(rf: RemoteFile, part: _PartFile, opts: TransferOptions, progress: P
         length = response.headers.get("Content-Length")
         expected = int(length) if length and length.isdigit() else None
         received = 0
-        with open(part.path, "ab") as handle:
+        with open_for_writing(part.path, "ab") as handle:
             while True:
                 try:
                     block = response.read(opts.chunk_bytes)
@@ -318,7 +318,7 @@ def _download_checked(
     """`download_verified`, also returning the archive listing when the check read the archive."""
     final = dest / rf.key
     part_path = final.with_name(final.name + ".part")
-    final.parent.mkdir(parents=True, exist_ok=True)
+    inner_folder(dest, *Path(rf.key).parts[:-1])
     refetched = False
     for round_ in (1, 2):
         part = _PartFile(part_path, progress)

@@ -28,7 +28,7 @@ from typing import Optional
 
 from emorl_cli.config import Config, load_config, resolve_config_path
 from emorl_cli.errors import EmorlError, InputError
-from emorl_cli.files import atomic_write_json
+from emorl_cli.files import atomic_write_json, inner_folder, open_for_writing
 from emorl_cli.training.run_logs import eval_rows, read_rows
 from emorl_cli.training.rundir import RunDir
 
@@ -252,7 +252,11 @@ def run_sweep(plan: SweepPlan, on_change: Callable[[list[RunStatus]], None] = la
                 if waiting is None:
                     break
                 free_slots.remove(slot)
-                running[slot] = _start(plan, waiting, slot)
+                try:
+                    running[slot] = _start(plan, waiting, slot)
+                except EmorlError:  # its folder cannot be written (a link planted there, a full disk): stop all
+                    _stop_all(running.values())
+                    raise
                 on_change(statuses)
             if not running:
                 break
@@ -289,8 +293,8 @@ def _start(plan: SweepPlan, status: RunStatus, slot: int) -> tuple[RunStatus, su
     if plan.devices:
         status.device = plan.devices[slot % len(plan.devices)]
         env["CUDA_VISIBLE_DEVICES"] = status.device
-    status.folder.mkdir(parents=True, exist_ok=True)
-    log = status.log.open("a")
+    inner_folder(plan.out_dir, status.folder.relative_to(plan.out_dir).as_posix())
+    log = open_for_writing(status.log, "a")
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
     log.write(f"=== {stamp} emorl sweep {'resumes' if resume else 'starts'}: {' '.join(command)}\n")
     log.flush()

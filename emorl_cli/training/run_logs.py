@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from emorl_cli.files import atomic_write_text, is_write_error, write_error
+from emorl_cli.files import atomic_write_text, is_write_error, open_for_writing, write_error
 
 log = logging.getLogger("emorl.training")
 EVAL_SPLIT = "test"
@@ -67,7 +67,7 @@ class MetricsLog:
 
     def write(self, step: int, scalars: dict[str, Any]) -> None:
         try:
-            with self.path.open("a") as handle:
+            with open_for_writing(self.path, "a") as handle:
                 handle.write(json.dumps({"step": step, **scalars}) + "\n")
         except OSError as exc:
             if is_write_error(exc):
