@@ -21,6 +21,7 @@ from typing import Any, Optional
 
 from emorl_cli.errors import BusyError, OutputError
 from emorl_cli.files import make_folder, open_fd_for_writing, pid_alive, write_error
+from emorl_cli.json_input import JsonProblem, loads_strict
 
 LOCK_NAME = ".emorl-lock"
 log = logging.getLogger("emorl.locks")
@@ -51,9 +52,9 @@ def _read_holder(fd: int) -> dict[str, Any]:
     try:
         os.lseek(fd, 0, os.SEEK_SET)
         text = os.read(fd, 4096).decode("utf-8", "replace").strip()
-        holder = json.loads(text) if text else {}
+        holder = loads_strict(text) if text else {}
         return holder if isinstance(holder, dict) else {}
-    except (OSError, ValueError):
+    except (OSError, JsonProblem):
         return {}
 
 

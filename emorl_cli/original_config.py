@@ -8,12 +8,12 @@ dataset and model, so a converted file is a complete, validated emorl config.
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Any
 
 from emorl_cli.config import Config, config_from_dict, config_to_dict, load_config
 from emorl_cli.errors import ConfigError
+from emorl_cli.json_input import read_json
 
 # (file name prefix, clevr preprocess style) → our dataset name. Checked in order.
 _DATASET_PREFIXES = (
@@ -163,12 +163,6 @@ def convert_original(raw: dict[str, Any]) -> Config:
 
 def convert_original_file(path: Path) -> Config:
     """Read an original JSON file and convert it (see `convert_original`)."""
-    try:
-        raw = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path} does not exist; give the path of an original EfficientMORL JSON config") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); check the file") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path} must hold a JSON object, got {type(raw).__name__}")
+    advice = "give the path of an original EfficientMORL JSON config"
+    raw = read_json(path, error=ConfigError, advice=advice, expect=dict)
     return convert_original(raw)

@@ -20,8 +20,6 @@ from fake_server import FakeZenodo
 from helpers import subprocess_env
 from test_data_fetch import fetch, one_line_error, payload
 
-from emorl_cli.data.zenodo import _checksums
-
 SIZE = 64 * 1024
 
 
@@ -53,6 +51,8 @@ def error_lines(done) -> list[str]:
 
 
 def test_the_record_checksum_field_is_read_as_md5_or_sha256():
+    from emorl_cli.data.zenodo import _checksums
+
     md5, sha = "0" * 32, "a" * 64
     assert _checksums(f"md5:{md5}") == (md5, None)
     assert _checksums(f"SHA256:{sha.upper()}") == (None, sha)

@@ -6,7 +6,6 @@ resumable verified downloads, the zip unpacked safely, the manifest — is `emor
 
 from __future__ import annotations
 
-import json
 import re
 import time
 import urllib.parse
@@ -29,6 +28,7 @@ from emorl_cli.data.manifest import Manifest
 from emorl_cli.data.progress import Progress
 from emorl_cli.data.registry import ZENODO_BASE_URL, ZENODO_RECORD_ID
 from emorl_cli.errors import DownloadError
+from emorl_cli.json_input import parse_json
 
 __all__ = ["FetchOptions", "FetchResult", "RemoteFile", "fetch_zenodo", "list_record_files"]
 
@@ -105,12 +105,8 @@ def _get_json(url: str, opts: FetchOptions, sleep: Callable[[float], None]) -> A
     def action() -> Any:
         with open_url(url, opts.timeout_s, {"Accept": "application/json"}) as response:
             body = b"".join(read_blocks(response, url, opts))
-        try:
-            return json.loads(body)
-        except ValueError:
-            raise DownloadError(
-                f"{url} did not answer with JSON (got {body[:60]!r}…); check --base-url points at a Zenodo server"
-            ) from None
+        advice = "check --base-url points at a Zenodo server (and --record)"
+        return parse_json(body, f"the answer of {url}", error=DownloadError, advice=advice)
 
     return with_retries(f"reading {url}", opts, sleep, action)
 

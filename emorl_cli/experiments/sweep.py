@@ -14,7 +14,6 @@ with checkpoints continue with `--resume`, the others start afresh.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import re
 import signal
@@ -29,6 +28,7 @@ from typing import Optional
 from emorl_cli.config import Config, load_config, resolve_config_path
 from emorl_cli.errors import EmorlError, InputError
 from emorl_cli.files import atomic_write_json, inner_folder, open_for_writing
+from emorl_cli.json_input import read_json
 from emorl_cli.training.run_logs import eval_rows, read_rows
 from emorl_cli.training.rundir import RunDir
 
@@ -142,13 +142,13 @@ def is_finished(run_dir: Path, cfg: Config) -> bool:
     if not marker.is_file():
         return False
     try:
-        done = json.loads(marker.read_text())
-    except (OSError, ValueError):
+        done = read_json(marker, expect=dict)
+        if done.get("reason") == "iters":
+            return int(done.get("step", -1)) >= cfg.training.iters
+        budget = cfg.training.max_minutes
+        return budget is not None and float(done.get("seconds", 0.0)) >= budget * 60.0
+    except (EmorlError, TypeError, ValueError, OverflowError):  # a damaged marker: the run is not finished
         return False
-    if done.get("reason") == "iters":
-        return int(done.get("step", -1)) >= cfg.training.iters
-    budget = cfg.training.max_minutes
-    return budget is not None and float(done.get("seconds", 0.0)) >= budget * 60.0
 
 
 # --------------------------------------------------------------------------------------------- running
