@@ -33,6 +33,7 @@ class FakeZenodo:
         self.wrong_range: set[str] = set()  # keys answered 206 from byte 0, whatever Range asks
         self.gzip_body: set[str] = set()  # keys sent gzip-encoded although identity was asked
         self.trickle: dict[str, float] = {}  # key -> seconds between single bytes
+        self.record_body: Optional[bytes] = None  # the records API's answer instead of the record's JSON
         self.cut_once: dict[str, int] = {}  # key -> bytes sent before the connection is dropped (once)
         self.hold_once: dict[str, tuple[int, threading.Event]] = {}  # key -> (bytes sent, event for the rest)
         self.corrupt_once: set[str] = set()
@@ -76,7 +77,7 @@ class FakeZenodo:
                     self.send_error(code)
                     return
                 if path == f"/api/records/{RECORD}":
-                    body = json.dumps(fake.record()).encode()
+                    body = fake.record_body if fake.record_body is not None else json.dumps(fake.record()).encode()
                     self.send_response(200)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(body)))

@@ -1,0 +1,168 @@
+"""Bytes that are not what was expected — JSON nested 100,000 deep, text that is not UTF-8, a YAML key given
+twice, a folder where a file belongs, a checkpoint holding a numpy array — end in one line naming the file,
+never in a traceback, and never in advice to load an untrusted file unsafely."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from fake_server import FakeZenodo
+from test_experiments import fake_run
+from test_reliability import one_error_line
+
+from emorl_cli.config import load_config
+from emorl_cli.data.registry import MANIFEST_NAME
+from emorl_cli.errors import ConfigError
+
+DEEP = "[" * 100_000  # deeper than any parser recurses
+NOT_UTF8 = b"model:\n  K: \xff\xfe\n"
+
+
+@pytest.fixture()
+def fake():
+    server = FakeZenodo()
+    server.thread.start()
+    yield server
+    server.server.shutdown()
+    server.server.server_close()
+
+
+# ------------------------------------------------------------------------------------------------ JSON
+
+
+def test_the_json_reader_turns_every_failure_into_one_line_naming_the_file(tmp_path):
+    from emorl_cli.json_input import read_json
+
+    cases = {"deep.json": DEEP, "bad.json": '{"a": ', "long.json": "1" * 5000}
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "latin1.json").write_bytes(b'{"a": "\xe9"}')
+    (tmp_path / "list.json").write_text("[1]")
+    for name in [*cases, "latin1.json", "list.json", "missing.json"]:
+        with pytest.raises(ConfigError) as caught:
+            read_json(tmp_path / name, error=ConfigError, expect=dict)
+        assert str(tmp_path / name) in str(caught.value) and "\n" not in str(caught.value)
+    with pytest.raises(ConfigError, match="is a folder"):
+        read_json(tmp_path, error=ConfigError)
+
+
+@pytest.mark.parametrize(
+    "content", [DEEP.encode(), b"\xff\xfe{}", b'{"files": ' + b"[" * 5000], ids=["deep", "not-utf8", "cut"]
+)
+def test_a_damaged_manifest_is_one_line_naming_it(cli, tmp_path, content):
+    (tmp_path / MANIFEST_NAME).write_bytes(content)
+    line = one_error_line(cli("data", "verify", tmp_path))
+    assert MANIFEST_NAME in line
+
+
+def test_a_deeply_nested_zenodo_record_is_one_line(cli, fake, tmp_path):
+    fake.record_body = DEEP.encode()
+    args = ["--retries", "0", "--backoff", "0", "--timeout", "5"]
+    line = one_error_line(cli("data", "fetch", "--zenodo", "--base-url", fake.url, "--dest", tmp_path, *args))
+    assert "/api/records/" in line and "nested too deeply" in line
+
+
+def test_a_deeply_nested_lock_file_is_taken_over(tmp_path):
+    from emorl_cli.locks import LOCK_NAME, lock_folder
+
+    (tmp_path / LOCK_NAME).write_text(DEEP)
+    with lock_folder(tmp_path, "emorl data synth", advice="wait") as lock:
+        assert lock.previous == {}
+        assert json.loads((tmp_path / LOCK_NAME).read_text())["command"] == "emorl data synth"
+
+
+def test_report_and_sweep_read_past_damaged_metrics_and_finished_files(tmp_path):
+    from emorl_cli.experiments.report import build_report
+    from emorl_cli.experiments.sweep import is_finished
+
+    run = fake_run(tmp_path / "seed=1", 1, 7e-4, [0.5, 0.6])
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("\n".join([lines[0], DEEP, *lines[1:]]) + "\n")
+    for finished in (DEEP, "[1, 2]", '{"reason": "iters", "step": "many"}', "\xff"):
+        (run / "finished.json").write_text(finished, errors="surrogateescape")
+        report = build_report([tmp_path])
+        assert report.settings[0].runs[0].rows[-1]["fg_ari"] == 0.6  # the damaged line is skipped, not fatal
+        assert not is_finished(run, load_config("demo"))
+
+
+def test_an_original_config_nested_too_deeply_is_one_line(cli, tmp_path):
+    (tmp_path / "EMORL.json").write_text(DEEP)
+    line = one_error_line(cli("config", "convert", tmp_path / "EMORL.json"))
+    assert "EMORL.json" in line and "nested too deeply" in line
+
+
+# ------------------------------------------------------------------------------------------------ YAML
+
+
+def test_a_yaml_key_given_twice_is_refused(cli, tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("data:\n  dataset: tetrominoes\nmodel:\n  K: 4\n  K: 7\n")
+    line = one_error_line(cli("config", "show", path))
+    assert "'K' appears twice" in line and "lines 4 and 5" in line
+    with pytest.raises(ConfigError, match="appears twice"):
+        load_config("demo", ["model.encoder={a: 1, a: 2}"])
+
+
+@pytest.mark.parametrize(
+    "content, phrase",
+    [
+        (b"model:\n  K: [1, 2\n", "not valid YAML (expected ',' or ']'"),
+        (b"model: {K: 4\n", "not valid YAML"),
+        (NOT_UTF8, "is not UTF-8 text"),
+        (b"model:\n  K: !!python/object/apply:os.system [ls]\n", "not valid YAML"),
+        (b"[" * 20000, "nested too deeply"),
+    ],
+    ids=["syntax", "flow", "not-utf8", "python-tag", "deep"],
+)
+def test_a_broken_config_is_one_line(cli, tmp_path, content, phrase):
+    path = tmp_path / "broken.yaml"
+    path.write_bytes(content)
+    for command in (["config", "show", path], ["train", path, "--out", tmp_path / "run"]):
+        line = one_error_line(cli(*command))
+        assert phrase in line and str(path) in line
+
+
+def test_a_folder_given_as_a_config_is_called_a_folder(cli, tmp_path):
+    folder = tmp_path / "my.yaml"
+    folder.mkdir()
+    assert "is a folder" in one_error_line(cli("config", "show", folder))
+    assert "is a folder" in one_error_line(cli("config", "show", tmp_path))
+
+
+@pytest.mark.parametrize(
+    "content", [b"model: {K: 4\n", NOT_UTF8, b"- just\n- a list\n"], ids=["syntax", "not-utf8", "list"]
+)
+def test_report_on_a_run_with_a_broken_config_is_one_line(cli, tmp_path, content):
+    run = fake_run(tmp_path / "runs" / "seed=1", 1, 7e-4, [0.5])
+    (run / "config.yaml").write_bytes(content)
+    line = one_error_line(cli("report", tmp_path / "runs"))
+    assert "config.yaml" in line
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+
+
+@pytest.mark.parametrize("value", [np.zeros(3), np.float64(1.5)], ids=["array", "scalar"])
+def test_a_checkpoint_holding_numpy_is_refused_without_torchs_unsafe_advice(cli, tmp_path, value):
+    torch.save({"model": value}, tmp_path / "np.pt")
+    line = one_error_line(cli("eval", "ari", "--checkpoint", tmp_path / "np.pt", "--data-dir", tmp_path))
+    assert "could run arbitrary code" in line and "numpy" in line
+    for advice in ("weights_only", "safe_globals", "Re-running", "trusted source"):
+        assert advice not in line
+
+
+def test_a_folder_given_as_a_checkpoint_is_called_a_folder(cli, tmp_path):
+    line = one_error_line(cli("eval", "ari", "--checkpoint", tmp_path, "--data-dir", tmp_path))
+    assert "is a folder" in line and "does not exist" not in line
+
+
+def test_yaml_written_by_emorl_reads_back(tmp_path):
+    from emorl_cli.config import config_to_dict, read_yaml
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config_to_dict(load_config("tetrominoes"))))
+    assert read_yaml(path)["model"]["K"] == load_config("tetrominoes").model.K
