@@ -166,3 +166,53 @@ def test_yaml_written_by_emorl_reads_back(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config_to_dict(load_config("tetrominoes"))))
     assert read_yaml(path)["model"]["K"] == load_config("tetrominoes").model.K
+
+
+# ------------------------------------------------------------------------------------------------ .h5 files
+
+
+def _h5_reading_elsewhere(path, kind: str, other) -> None:
+    """A Tetrominoes-shaped .h5 whose `test/imgs` lives in file `other`: a virtual dataset, an external link or
+    external raw storage."""
+    import h5py
+
+    shape = (4, 35, 35, 3)
+    with h5py.File(path, "w") as handle:
+        group = handle.create_group("test")
+        if kind == "virtual":
+            layout = h5py.VirtualLayout(shape=shape, dtype="uint8")
+            layout[:] = h5py.VirtualSource(str(other), "test/imgs", shape=shape)
+            group.create_virtual_dataset("imgs", layout, fillvalue=0)
+        elif kind == "external link":
+            group["imgs"] = h5py.ExternalLink(str(other), "test/imgs")
+        else:
+            group.create_dataset("imgs", shape=shape, dtype="uint8", external=[(str(other), 0, h5py.h5f.UNLIMITED)])
+
+
+@pytest.mark.parametrize("kind", ["virtual", "external link", "external storage"])
+def test_an_h5_reading_other_files_is_refused_in_one_line(cli, tmp_path, kind):
+    from emorl_cli.data.dataset import H5Dataset
+    from emorl_cli.errors import DataError
+
+    missing = tmp_path / "gone.h5"  # never written: HDF5 would read zeros for a virtual dataset
+    path = tmp_path / "tetrominoes_test.h5"
+    _h5_reading_elsewhere(path, kind, missing)
+    line = one_error_line(cli("data", "info", path))
+    assert "reads data from other files" in line and "gone.h5" in line
+    with pytest.raises(DataError, match="reads data from other files"):
+        H5Dataset(path, "test")
+
+
+def test_an_h5_with_a_virtual_dataset_inside_itself_is_read(tmp_path):
+    import h5py
+
+    from emorl_cli.data.dataset import H5Dataset
+
+    path = tmp_path / "self.h5"
+    data = np.arange(4 * 8 * 8 * 3, dtype=np.uint8).reshape(4, 8, 8, 3)
+    with h5py.File(path, "w") as handle:
+        handle["raw"] = data
+        layout = h5py.VirtualLayout(shape=data.shape, dtype="uint8")
+        layout[:] = h5py.VirtualSource(".", "raw", shape=data.shape)
+        handle.create_group("test").create_virtual_dataset("imgs", layout)
+    assert H5Dataset(path, "test", load_masks=False).layout.num_images == 4

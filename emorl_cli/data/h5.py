@@ -75,13 +75,61 @@ def _open_error(path: Path, exc: OSError) -> DataError:
 
 
 def open_h5(path: Path) -> h5py.File:
-    """Open an .h5 file read-only, turning every failure into a `DataError` naming the file."""
+    """Open an .h5 file read-only, turning every failure into a `DataError` naming the file; a file that
+    reads data from other files (see `check_self_contained`) is refused."""
     path = Path(path)
     require_file(path)
     try:
-        return h5py.File(path, "r")
+        handle = h5py.File(path, "r")
     except OSError as exc:
         raise _open_error(path, exc) from None
+    try:
+        check_self_contained(handle, path)
+    except BaseException:
+        handle.close()
+        raise
+    return handle
+
+
+def check_self_contained(handle: h5py.File, path: Path) -> None:
+    """Refuse a file whose data lives in other files: an external link, a virtual dataset mapping another
+    file (HDF5 reads a missing one as zeros, without a word), or a dataset stored in external raw files.
+
+    Raises:
+        DataError: one line naming the file, the object and the file it points at.
+    """
+    found: list[str] = []
+
+    def visit(name: str, link: Any) -> None:
+        if found:
+            return
+        if isinstance(link, h5py.ExternalLink):
+            found.append(f"'{name}' is an external link to {link.filename}:{link.path}")
+            return
+        if not isinstance(link, h5py.HardLink):
+            return
+        try:
+            obj = handle[name]
+        except (KeyError, OSError):
+            return
+        if not isinstance(obj, h5py.Dataset):
+            return
+        if obj.is_virtual:
+            others = sorted({src.file_name for src in obj.virtual_sources() if src.file_name != "."})
+            if others:
+                found.append(f"'{name}' is a virtual dataset reading {', '.join(others)}")
+        elif obj.external:
+            found.append(f"'{name}' is stored in external files ({', '.join(str(e[0]) for e in obj.external)})")
+
+    try:
+        handle.visititems_links(visit)
+    except (OSError, RuntimeError) as exc:
+        raise DataError(f"cannot list the contents of {path} ({exc}); the file is probably damaged") from None
+    if found:
+        raise DataError(
+            f"{path} reads data from other files ({found[0]}); emorl reads only self-contained .h5 files — "
+            "copy the data into the file (h5repack, or `emorl data import`) and use that"
+        )
 
 
 @contextmanager
