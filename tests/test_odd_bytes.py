@@ -5,6 +5,7 @@ never in a traceback, and never in advice to load an untrusted file unsafely."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -216,3 +217,44 @@ def test_an_h5_with_a_virtual_dataset_inside_itself_is_read(tmp_path):
         layout[:] = h5py.VirtualSource(".", "raw", shape=data.shape)
         handle.create_group("test").create_virtual_dataset("imgs", layout)
     assert H5Dataset(path, "test", load_masks=False).layout.num_images == 4
+
+
+# ------------------------------------------------------------------------------------------------ config convert
+
+ORIGINAL = Path(__file__).parent / "data" / "original_configs" / "tetrominoes_train_EMORL.json"
+
+
+@pytest.mark.parametrize(
+    "change, phrase",
+    [
+        (lambda raw: raw["dataset"].update(h5_path=42), "dataset.h5_path is int 42, expected the path"),
+        (lambda raw: raw.update(Net="K=4"), "block 'Net' is str"),
+        (lambda raw: raw.update(Net=[4, 64]), "block 'Net' is list"),
+        (lambda raw: raw.update(dataset=[1]), "block 'dataset' is list"),
+        (lambda raw: raw.update(training=7), "block 'training' is int"),
+        (lambda raw: raw["Net"].update(input_size=35), "Net.input_size is int 35"),
+        (lambda raw: raw["Net"].update(geco_warm_start="soon"), "wrong kind (ValueError"),
+        (lambda raw: raw["training"].update(refinement_curriculum=[5]), "wrong kind (TypeError"),
+        (lambda raw: raw["training"].update(model=["EfficientMORL"]), "field 'model' is list"),
+    ],
+    ids=[
+        "path-number",
+        "net-string",
+        "net-list",
+        "dataset-list",
+        "training-number",
+        "input-size",
+        "warm-start",
+        "curriculum",
+        "model-list",
+    ],  # fmt: skip
+)
+def test_config_convert_refuses_values_of_the_wrong_kind_in_one_line(cli, tmp_path, change, phrase):
+    raw = json.loads(ORIGINAL.read_text())
+    change(raw)
+    path = tmp_path / "EMORL.json"
+    path.write_text(json.dumps(raw))
+    out = tmp_path / "out.yaml"
+    line = one_error_line(cli("config", "convert", path, "--out", out))
+    assert phrase in line
+    assert not out.exists()  # never converted on defaults
