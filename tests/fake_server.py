@@ -34,6 +34,7 @@ class FakeZenodo:
         self.gzip_body: set[str] = set()  # keys sent gzip-encoded although identity was asked
         self.trickle: dict[str, float] = {}  # key -> seconds between single bytes
         self.record_body: Optional[bytes] = None  # the records API's answer instead of the record's JSON
+        self.redirect_loop: set[str] = set()  # paths answered 302 with a Location back to themselves
         self.cut_once: dict[str, int] = {}  # key -> bytes sent before the connection is dropped (once)
         self.hold_once: dict[str, tuple[int, threading.Event]] = {}  # key -> (bytes sent, event for the rest)
         self.corrupt_once: set[str] = set()
@@ -75,6 +76,12 @@ class FakeZenodo:
                     code = fake.status.get(path) or fake.status_once.pop(path, None)
                 if code:
                     self.send_error(code)
+                    return
+                if path in fake.redirect_loop:
+                    self.send_response(302)
+                    self.send_header("Location", self.path)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
                     return
                 if path == f"/api/records/{RECORD}":
                     body = fake.record_body if fake.record_body is not None else json.dumps(fake.record()).encode()

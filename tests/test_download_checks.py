@@ -136,3 +136,13 @@ def test_a_trickling_transfer_is_a_stall_after_timeout_seconds(fake, tmp_path):
     assert "stalled" in error_lines(done)[0] and "--timeout 1" in error_lines(done)[0]
     assert seconds < 15
     assert not (tmp_path / "tetrominoes.h5").exists()
+
+
+@pytest.mark.parametrize("where", ["record", "file"])
+def test_a_redirect_loop_is_one_line(fake, tmp_path, where):
+    from fake_server import RECORD
+
+    fake.files["tetrominoes.h5"] = payload(SIZE, 8)
+    fake.redirect_loop.add(f"/api/records/{RECORD}" if where == "record" else "/files/tetrominoes.h5")
+    line = one_line_error(fetch(fake, tmp_path))
+    assert "redirects in a loop" in line

@@ -258,3 +258,62 @@ def test_config_convert_refuses_values_of_the_wrong_kind_in_one_line(cli, tmp_pa
     line = one_error_line(cli("config", "convert", path, "--out", out))
     assert phrase in line
     assert not out.exists()  # never converted on defaults
+
+
+# ------------------------------------------------------------------------------------------------ file names
+
+
+def test_an_imported_picture_whose_name_is_not_utf8_is_one_line(cli, tmp_path):
+    import os
+
+    from test_data_import import write_pictures
+
+    images, labels = write_pictures(tmp_path, count=4, masks=False)
+    os.rename(images / "pic_01.png", os.fsencode(images) + b"/pic_\xff.png")
+    out = tmp_path / "out.h5"
+    line = one_error_line(cli("data", "import", images, "--out", out, "--size", "16"))
+    assert "pic_\\xff.png" in line and "not UTF-8" in line
+    assert not out.exists()
+
+
+def test_a_folder_without_pictures_lists_a_non_utf8_name_with_escapes(cli, tmp_path):
+    import os
+
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    (tmp_path / "empty" / os.fsdecode(b"notes-\xe9.txt")).write_text("x")
+    line = one_error_line(cli("data", "import", folder, "--out", tmp_path / "o.h5"))
+    assert "notes-\\xe9.txt" in line
+
+
+# ------------------------------------------------------------------------------------------------ full disks
+
+
+def test_data_synth_on_a_disk_that_fills_up_is_one_line_and_leaves_nothing(tmp_path):
+    """The kernel refuses writes past a file-size limit (RLIMIT_FSIZE) as a full disk refuses them; HDF5 reports
+    it inside its own message, which h5py raises as a RuntimeError while closing the file."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    from helpers import subprocess_env
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+    out = tmp_path / "synth"
+    command = [sys.executable, "-m", "emorl_cli", "--threads", "1", "data", "synth", "tetrominoes", "--out", str(out)]
+    done = subprocess.run(
+        command + ["--train", "400", "--test", "10"],
+        preexec_fn=limit_file_size,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=subprocess_env(COLUMNS="300"),
+    )
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 1 and len(lines) == 1, done.stderr
+    assert lines[0].startswith("error: cannot write") and "tetrominoes.h5" in lines[0] and "File too large" in lines[0]
+    assert not list(out.glob("*.h5")) and not list(out.glob(".*.tmp"))

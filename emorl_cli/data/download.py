@@ -170,7 +170,13 @@ def open_url(url: str, timeout: float, headers: Optional[dict[str, str]] = None)
         return urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 (http/https only, see check_url)
     except urllib.error.HTTPError as exc:
         exc.close()
-        text = f"HTTP {exc.code} {exc.reason} for {url}"
+        if 300 <= exc.code < 400:  # urllib gives up on a redirect loop or a chain of more than 10
+            raise DownloadError(
+                f"{url} redirects in a loop (HTTP {exc.code}, followed until it came back or passed 10 hops); "
+                "check --base-url, or try again later"
+            ) from None
+        reason = " ".join(str(exc.reason).split())  # one line, whatever the server wrote
+        text = f"HTTP {exc.code} {reason} for {url}"
         if exc.code in RETRY_STATUS or exc.code == 416:
             raise TransientError(text, status=exc.code) from None
         if exc.code == 404:

@@ -12,6 +12,7 @@ Every problem becomes a `DataError` that names the file and says how to get a go
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,7 +25,7 @@ import numpy as np
 
 from emorl_cli.data.registry import dataset_for_file
 from emorl_cli.errors import DataError
-from emorl_cli.files import atomic_path
+from emorl_cli.files import WRITE_ERRNOS, atomic_path, write_error
 
 # How many samples `check_mask_values` and `describe_file` read when they cannot afford the whole file.
 SAMPLE_CHECK = 256
@@ -380,5 +381,24 @@ def atomic_h5(path: Path) -> Iterator[h5py.File]:
     On any error the temporary file is removed and `path` is left as it was.
     """
     with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as handle:
-            yield handle
+        try:
+            with h5py.File(tmp, "w") as handle:
+                yield handle
+        except (OSError, RuntimeError) as exc:
+            code = _write_errno(exc)
+            if code in WRITE_ERRNOS:  # a full disk, a file-size limit, …: one line naming the file
+                raise write_error(path, OSError(code, os.strerror(code))) from None
+            raise
+
+
+_HDF5_ERRNO = re.compile(r"errno = (\d+)")
+
+
+def _write_errno(exc: BaseException) -> Optional[int]:
+    """The operating system's errno behind an HDF5 write failure: the OSError's own, or the one HDF5 quotes
+    in its message ("… errno = 28, error message = 'No space left on device'"), which h5py may raise as a
+    RuntimeError while closing the file."""
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.errno
+    found = _HDF5_ERRNO.search(str(exc))
+    return int(found.group(1)) if found else None
