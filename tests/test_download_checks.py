@@ -19,6 +19,8 @@ import pytest
 from fake_server import FakeZenodo
 from helpers import subprocess_env
 from test_data_fetch import fetch, one_line_error, payload
+from test_models_fetch import TETRO, blob_id
+from test_models_fetch import fetch as models_fetch
 
 SIZE = 64 * 1024
 
@@ -146,3 +148,20 @@ def test_a_redirect_loop_is_one_line(fake, tmp_path, where):
     fake.redirect_loop.add(f"/api/records/{RECORD}" if where == "record" else "/files/tetrominoes.h5")
     line = one_line_error(fetch(fake, tmp_path))
     assert "redirects in a loop" in line
+
+
+def test_models_fetch_on_a_trickling_server_stalls_after_timeout_seconds(fake, tmp_path, monkeypatch):
+    import dataclasses
+
+    from emorl_cli.published import PUBLISHED_MODELS
+
+    data = payload(SIZE, 9)
+    fake.files = {TETRO.path: data}
+    monkeypatch.setitem(PUBLISHED_MODELS, "tetrominoes", dataclasses.replace(TETRO, git_blob=blob_id(data)))
+    fake.trickle[TETRO.path] = 0.05
+    started = time.monotonic()
+    result = models_fetch(fake, tmp_path, "--timeout", "1", retries=1)
+    line = one_line_error(result)
+    assert "stalled" in line and "gave up after 2 tries" in line
+    assert time.monotonic() - started < 15
+    assert not (tmp_path / TETRO.file_name).exists()

@@ -209,3 +209,18 @@ def test_a_planted_folder_link_inside_the_destination_is_refused_by_data_fetch(c
     assert "symbolic link" in line
     assert list(elsewhere.iterdir()) == []
     shutil.rmtree(dest)
+
+
+def test_resume_refuses_a_checkpoints_folder_replaced_by_a_link(cli, tmp_path, synth_data):
+    run = tmp_path / "run"
+    tiny = set_options(*TINY, "training.checkpoint_every=1")
+    first = cli("train", "demo", "--cpu", "--data-dir", synth_data, "--out", run, *tiny, "--set", "training.iters=1")
+    assert first.exit_code == 0, first.output
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(run / "checkpoints", elsewhere)
+    (run / "checkpoints").symlink_to(elsewhere, target_is_directory=True)
+    before = sorted(p.name for p in elsewhere.iterdir())
+    again = cli("train", "demo", "--cpu", "--data-dir", synth_data, "--resume", run, *tiny, "--set", "training.iters=2")
+    line = one_error_line(again)
+    assert "checkpoints" in line and "symbolic link" in line
+    assert sorted(p.name for p in elsewhere.iterdir()) == before

@@ -130,6 +130,8 @@ class Trainer:
         return 0
 
     def _resume(self) -> int:
+        if self.run_dir.checkpoints.exists() or self.run_dir.checkpoints.is_symlink():
+            inner_folder(self.run_dir.root, self.run_dir.checkpoints.name)  # never a link planted in its place
         latest = self.run_dir.latest_checkpoint()
         if latest is None:
             raise TrainingError(
