@@ -19,10 +19,11 @@ from test_reliability import one_error_line
 
 from emorl_cli.data.synth import synthesize
 from emorl_cli.errors import OutputError
-from emorl_cli.files import inner_folder, open_fd_for_writing, open_for_writing
 from emorl_cli.locks import lock_folder
 from emorl_cli.training.run_logs import MetricsLog
 
+# (helpers this change added are imported inside the tests that use them, so that the other tests run, and
+# fail for the behaviour they check, on a version without them)
 LOCK_NAME = ".emorl-lock"
 SECRET = "precious bytes outside the folder\n"
 
@@ -55,6 +56,8 @@ def assert_untouched(outside_files) -> None:
 @pytest.mark.parametrize("mode", ["a", "w", "r+", "ab"])
 @pytest.mark.parametrize("kind", ["symlink", "dangling symlink", "hard link"])
 def test_open_for_writing_refuses_every_kind_of_link(tmp_path, outside, mode, kind):
+    from emorl_cli.files import open_for_writing
+
     victim, dangling = outside
     path = tmp_path / "log.txt"
     if kind == "symlink":
@@ -70,6 +73,8 @@ def test_open_for_writing_refuses_every_kind_of_link(tmp_path, outside, mode, ki
 
 
 def test_open_for_writing_refuses_a_fifo_without_waiting_for_a_reader(tmp_path):
+    from emorl_cli.files import open_for_writing
+
     fifo = tmp_path / "train.log"
     os.mkfifo(fifo)
     with pytest.raises(OutputError, match="not a plain file"):
@@ -77,6 +82,8 @@ def test_open_for_writing_refuses_a_fifo_without_waiting_for_a_reader(tmp_path):
 
 
 def test_open_for_writing_appends_and_creates_plain_files(tmp_path):
+    from emorl_cli.files import open_fd_for_writing, open_for_writing
+
     path = tmp_path / "log.txt"
     for line in ("one\n", "two\n"):
         with open_for_writing(path, "a") as handle:
@@ -88,6 +95,8 @@ def test_open_for_writing_appends_and_creates_plain_files(tmp_path):
 
 
 def test_inner_folder_refuses_a_planted_folder_link_but_not_a_linked_root(tmp_path):
+    from emorl_cli.files import inner_folder
+
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     root = tmp_path / "run"
