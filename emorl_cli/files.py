@@ -202,13 +202,18 @@ def inner_folder(root: str | Path, *parts: str) -> Path:
     """`root/parts…`, made where missing, refusing a symbolic link in place of any of `parts` (the folders
     emorl makes inside a folder it was given: a run's `checkpoints/`, a sweep's `seed=1/`, a dataset's
     subfolders). `root` itself may be a link; the user chose it."""
+    return make_folder(refuse_links(root, *parts))
+
+
+def refuse_links(root: str | Path, *parts: str) -> Path:
+    """`root/parts…`, after checking that none of `parts` that exists is a symbolic link (nothing is made)."""
     folder = Path(root)
     for part in parts:
         for piece in Path(part).parts:
             folder = folder / piece
             if folder.is_symlink():
                 raise _link_error(folder, "a symbolic link")
-    return make_folder(folder)
+    return folder
 
 
 # ------------------------------------------------------------------------------------------------ temp files

@@ -233,3 +233,14 @@ def test_resume_refuses_a_checkpoints_folder_replaced_by_a_link(cli, tmp_path, s
     line = one_error_line(again)
     assert "checkpoints" in line and "symbolic link" in line
     assert sorted(p.name for p in elsewhere.iterdir()) == before
+
+
+def test_the_demo_refuses_a_planted_data_link_before_any_work(cli, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "data").symlink_to(elsewhere, target_is_directory=True)
+    line = one_error_line(cli("demo", "--out", out, "--minutes", "1"))
+    assert "data" in line and "symbolic link" in line
+    assert list(elsewhere.iterdir()) == []

@@ -390,6 +390,6 @@ def plan_sweep(
     if plan.data_dir is None and config == "demo":
         from emorl_cli.demo import ensure_data
 
-        plan.data_dir = plan.out_dir / "data"
+        plan.data_dir = inner_folder(plan.out_dir, "data")  # never a link planted in its place
         ensure_data(load_config(config, [*plan.sets, f"data.data_dir={plan.data_dir}"]))
     return plan
