@@ -19,6 +19,14 @@ from emorl_cli.config import load_config
 from emorl_cli.data.registry import MANIFEST_NAME
 from emorl_cli.errors import ConfigError
 
+
+def the_only_line(result) -> str:
+    """The `error:` line of a command that failed cleanly and printed nothing else (no continuation lines)."""
+    line = one_error_line(result)
+    assert [x for x in result.output.splitlines() if x.strip()] == [line], result.output
+    return line
+
+
 DEEP = "[" * 100_000  # deeper than any parser recurses
 NOT_UTF8 = b"model:\n  K: \xff\xfe\n"
 
@@ -56,14 +64,14 @@ def test_the_json_reader_turns_every_failure_into_one_line_naming_the_file(tmp_p
 )
 def test_a_damaged_manifest_is_one_line_naming_it(cli, tmp_path, content):
     (tmp_path / MANIFEST_NAME).write_bytes(content)
-    line = one_error_line(cli("data", "verify", tmp_path))
+    line = the_only_line(cli("data", "verify", tmp_path))
     assert MANIFEST_NAME in line
 
 
 def test_a_deeply_nested_zenodo_record_is_one_line(cli, fake, tmp_path):
     fake.record_body = DEEP.encode()
     args = ["--retries", "0", "--backoff", "0", "--timeout", "5"]
-    line = one_error_line(cli("data", "fetch", "--zenodo", "--base-url", fake.url, "--dest", tmp_path, *args))
+    line = the_only_line(cli("data", "fetch", "--zenodo", "--base-url", fake.url, "--dest", tmp_path, *args))
     assert "/api/records/" in line and "nested too deeply" in line
 
 
@@ -92,7 +100,7 @@ def test_report_and_sweep_read_past_damaged_metrics_and_finished_files(tmp_path)
 
 def test_an_original_config_nested_too_deeply_is_one_line(cli, tmp_path):
     (tmp_path / "EMORL.json").write_text(DEEP)
-    line = one_error_line(cli("config", "convert", tmp_path / "EMORL.json"))
+    line = the_only_line(cli("config", "convert", tmp_path / "EMORL.json"))
     assert "EMORL.json" in line and "nested too deeply" in line
 
 
@@ -102,7 +110,7 @@ def test_an_original_config_nested_too_deeply_is_one_line(cli, tmp_path):
 def test_a_yaml_key_given_twice_is_refused(cli, tmp_path):
     path = tmp_path / "dup.yaml"
     path.write_text("data:\n  dataset: tetrominoes\nmodel:\n  K: 4\n  K: 7\n")
-    line = one_error_line(cli("config", "show", path))
+    line = the_only_line(cli("config", "show", path))
     assert "'K' appears twice" in line and "lines 4 and 5" in line
     with pytest.raises(ConfigError, match="appears twice"):
         load_config("demo", ["model.encoder={a: 1, a: 2}"])
@@ -123,15 +131,15 @@ def test_a_broken_config_is_one_line(cli, tmp_path, content, phrase):
     path = tmp_path / "broken.yaml"
     path.write_bytes(content)
     for command in (["config", "show", path], ["train", path, "--out", tmp_path / "run"]):
-        line = one_error_line(cli(*command))
+        line = the_only_line(cli(*command))
         assert phrase in line and str(path) in line
 
 
 def test_a_folder_given_as_a_config_is_called_a_folder(cli, tmp_path):
     folder = tmp_path / "my.yaml"
     folder.mkdir()
-    assert "is a folder" in one_error_line(cli("config", "show", folder))
-    assert "is a folder" in one_error_line(cli("config", "show", tmp_path))
+    assert "is a folder" in the_only_line(cli("config", "show", folder))
+    assert "is a folder" in the_only_line(cli("config", "show", tmp_path))
 
 
 @pytest.mark.parametrize(
@@ -140,7 +148,7 @@ def test_a_folder_given_as_a_config_is_called_a_folder(cli, tmp_path):
 def test_report_on_a_run_with_a_broken_config_is_one_line(cli, tmp_path, content):
     run = fake_run(tmp_path / "runs" / "seed=1", 1, 7e-4, [0.5])
     (run / "config.yaml").write_bytes(content)
-    line = one_error_line(cli("report", tmp_path / "runs"))
+    line = the_only_line(cli("report", tmp_path / "runs"))
     assert "config.yaml" in line
 
 
@@ -150,14 +158,14 @@ def test_report_on_a_run_with_a_broken_config_is_one_line(cli, tmp_path, content
 @pytest.mark.parametrize("value", [np.zeros(3), np.float64(1.5)], ids=["array", "scalar"])
 def test_a_checkpoint_holding_numpy_is_refused_without_torchs_unsafe_advice(cli, tmp_path, value):
     torch.save({"model": value}, tmp_path / "np.pt")
-    line = one_error_line(cli("eval", "ari", "--checkpoint", tmp_path / "np.pt", "--data-dir", tmp_path))
+    line = the_only_line(cli("eval", "ari", "--checkpoint", tmp_path / "np.pt", "--data-dir", tmp_path))
     assert "could run arbitrary code" in line and "numpy" in line
     for advice in ("weights_only", "safe_globals", "Re-running", "trusted source"):
         assert advice not in line
 
 
 def test_a_folder_given_as_a_checkpoint_is_called_a_folder(cli, tmp_path):
-    line = one_error_line(cli("eval", "ari", "--checkpoint", tmp_path, "--data-dir", tmp_path))
+    line = the_only_line(cli("eval", "ari", "--checkpoint", tmp_path, "--data-dir", tmp_path))
     assert "is a folder" in line and "does not exist" not in line
 
 
@@ -255,7 +263,7 @@ def test_config_convert_refuses_values_of_the_wrong_kind_in_one_line(cli, tmp_pa
     path = tmp_path / "EMORL.json"
     path.write_text(json.dumps(raw))
     out = tmp_path / "out.yaml"
-    line = one_error_line(cli("config", "convert", path, "--out", out))
+    line = the_only_line(cli("config", "convert", path, "--out", out))
     assert phrase in line
     assert not out.exists()  # never converted on defaults
 

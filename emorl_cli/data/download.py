@@ -170,10 +170,10 @@ def open_url(url: str, timeout: float, headers: Optional[dict[str, str]] = None)
         return urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 (http/https only, see check_url)
     except urllib.error.HTTPError as exc:
         exc.close()
-        if 300 <= exc.code < 400:  # urllib gives up on a redirect loop or a chain of more than 10
+        if 300 <= exc.code < 400:  # urllib gives up on a redirect loop, a chain of more than 10, or no Location
             raise DownloadError(
-                f"{url} redirects in a loop (HTTP {exc.code}, followed until it came back or passed 10 hops); "
-                "check --base-url, or try again later"
+                f"{url} redirects in a loop or nowhere (HTTP {exc.code}: a loop, more than 10 hops, or no "
+                "destination); check --base-url, or try again later"
             ) from None
         reason = " ".join(str(exc.reason).split())  # one line, whatever the server wrote
         text = f"HTTP {exc.code} {reason} for {url}"
@@ -252,8 +252,8 @@ class _PartFile:
         self.resume = False
 
     def advanced(self) -> bool:
-        """Whether the file now reaches at least `PROGRESS_BYTES` past the furthest point of every earlier try
-        (or its end); records the new furthest point."""
+        """Whether the file now reaches at least `PROGRESS_BYTES` past the furthest point of every earlier try;
+        records the new furthest point."""
         gained = self.size - self.furthest
         self.furthest = max(self.furthest, self.size)
         return gained >= PROGRESS_BYTES
