@@ -24,6 +24,7 @@ GECO state. The original's JSON files hold no full run config, so a config must 
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -98,6 +99,11 @@ def is_original_checkpoint(obj: Any) -> bool:
 
 def _torch_load(path: Union[str, Path]) -> Any:
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is a folder, not a checkpoint file; give a file such as "
+            f"{path / 'checkpoints' / 'best.pt'} (a run keeps its checkpoints in RUN/checkpoints/)"
+        )
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist; check the path")
     if path.stat().st_size == 0:
@@ -111,24 +117,38 @@ def _torch_load(path: Union[str, Path]) -> Any:
         raise CheckpointError(_load_failure(path, exc)) from None
 
 
+# torch's advice to load a refused file unsafely, which emorl never repeats (phrases of its messages)
+_UNSAFE_ADVICE = ("weights_only", "safe_globals", "trusted source", "trust this", "arbitrary code", "Re-running")
+_GLOBAL = re.compile(r"GLOBAL\s+([A-Za-z_][\w.]*)")
+
+
+def _without_unsafe_advice(text: str) -> str:
+    """`text` less every sentence that tells the reader how to load the file without the safe loader."""
+    sentences = re.split(r"(?<=[.;])\s+|\(\d\)\s*", " ".join(text.split()))
+    kept = [s for s in sentences if s and not any(phrase in s for phrase in _UNSAFE_ADVICE)]
+    return " ".join(kept).strip()
+
+
 def _load_failure(path: Path, exc: Exception) -> str:
-    """One line on why torch.load(weights_only=True) refused a file, keeping the sense of torch's message."""
+    """One line on why torch.load(weights_only=True) refused a file, keeping the sense of torch's message and
+    none of its advice to load the file unsafely."""
     text = str(exc)
     if text.startswith("Weights only load failed"):
-        # torch's first paragraph says weights_only=False would load it but can run arbitrary code; the reason
-        # follows. emorl never loads untrusted pickles, so only the reason is kept, and the risk stated.
+        # torch's message says weights_only=False (or add_safe_globals) would load it; emorl never loads
+        # untrusted pickles, so only the reason is kept, and the risk stated.
+        found = _GLOBAL.search(text)
+        if found:
+            return (
+                f"{path} holds Python objects besides tensors (GLOBAL {found.group(1)}); unpickling them could "
+                "run arbitrary code, so emorl does not load this file — use a checkpoint written by emorl or by "
+                "the original EfficientMORL code, from a source you trust"
+            )
         lines = [line.strip() for line in text.splitlines()[1:] if line.strip()]
         lines = [line for line in lines if not line.startswith(("Check the documentation", "Please file an issue"))]
-        reason = " ".join(lines).replace("WeightsUnpickler error:", "").strip() or "unsupported content"
-        if "GLOBAL" in reason:
-            return (
-                f"{path} holds Python objects besides tensors ({reason}); unpickling them could run arbitrary code, "
-                "so emorl does not load this file — use a checkpoint written by emorl or by the original "
-                "EfficientMORL code, from a source you trust"
-            )
+        reason = _without_unsafe_advice(" ".join(lines).replace("WeightsUnpickler error:", ""))
+        reason = reason or "unsupported content"
         return f"{path} cannot be read as a checkpoint (torch's safe loader: {reason}); it may be damaged or not one"
-    first = " ".join(text.split())
-    first = first.split(". ")[0][:200] or type(exc).__name__
+    first = _without_unsafe_advice(text).split(". ")[0][:200] or type(exc).__name__
     return (
         f"{path} cannot be read as a checkpoint ({type(exc).__name__}: {first}); it may be truncated or damaged, "
         "still being written, or not a checkpoint"

@@ -14,7 +14,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from emorl_cli.errors import ConfigError
+from emorl_cli.errors import ConfigError, EmorlError
 
 # Number of mask entities (background included) in each known dataset's ground truth.
 DATASET_ENTITIES = {"tetrominoes": 4, "multi_dsprites": 6, "clevr6": 7, "clevr6_128": 11, "clevrtex": 11}
@@ -371,6 +371,8 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
     """A shipped name ('tetrominoes') or a path to a YAML file → the file's path."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
+        if path.is_dir():
+            raise ConfigError(f"config {str(path)!r} is a folder, not a YAML file; give the path of a YAML file")
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist; give a path to a YAML file or a shipped name")
         return path
@@ -382,12 +384,92 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
     )
 
 
+class _DuplicateKey(yaml.constructor.ConstructorError):
+    """A mapping names one key twice."""
+
+
+class DuplicateKeyError(ConfigError):
+    """A YAML mapping names one key twice (YAML forbids it; emorl never keeps one of them silently)."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (no tags that build Python objects) that refuses a key given twice in a mapping,
+    which YAML forbids and PyYAML would settle silently with the last value."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                hash(key)
+            except TypeError:
+                continue  # PyYAML itself reports an unhashable key
+            if key in seen:
+                raise _DuplicateKey(
+                    None,
+                    None,
+                    f"key {key!r} appears twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1}); keep one",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _describe_yaml_error(exc: yaml.YAMLError) -> str:
+    """A YAML error in one phrase: what is wrong and where (PyYAML's own message spans several lines)."""
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or type(exc).__name__
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return " ".join(f"{problem}{where}".split())
+
+
+def parse_yaml(data: str | bytes, source: str) -> Any:
+    """YAML text (or UTF-8 bytes) → Python values, with the safe loader and no key twice in a mapping.
+
+    Raises:
+        ConfigError: one line naming `source`: not UTF-8, a syntax error (line and column), a duplicate key,
+            a tag that would build a Python object, or nesting too deep to read.
+    """
+    if isinstance(data, (bytes, bytearray)):
+        try:
+            data = bytes(data).decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"{source} is not UTF-8 text (byte {exc.start} is {bytes(data)[exc.start : exc.start + 1]!r}); "
+                "save it as UTF-8"
+            ) from None
+    try:
+        return yaml.load(data, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except _DuplicateKey as exc:
+        raise DuplicateKeyError(f"{source} is not valid YAML ({_describe_yaml_error(exc)}); fix it") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source} is not valid YAML ({_describe_yaml_error(exc)}); fix it") from None
+    except RecursionError:
+        raise ConfigError(f"{source} is nested too deeply to read as YAML; fix it") from None
+
+
+def read_yaml_file(path: Path, error: type[EmorlError] = ConfigError, what: str = "config file") -> Any:
+    """The YAML in file `path` (see `parse_yaml`); a folder, a missing or unreadable file is one line too."""
+    path = Path(path)
+    if path.is_dir():
+        raise error(f"{what} {path} is a folder, not a YAML file; give the path of the file")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise error(f"{what} {path} does not exist; check the path") from None
+    except OSError as exc:
+        raise error(f"cannot read {what} {path} ({exc.strerror or exc})") from None
+    try:
+        return parse_yaml(data, str(path))
+    except ConfigError as exc:
+        if error is ConfigError:
+            raise
+        raise error(str(exc)) from None
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     """Parse a YAML mapping, with a clear error for syntax errors or a non-mapping file."""
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML ({exc}); fix the syntax") from None
+    raw = read_yaml_file(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping with sections data/model/training, got {type(raw).__name__}")
     return raw
@@ -409,9 +491,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[st
                 raise ConfigError(f"override {key!r}: {part!r} is not a section")
             node = child
         try:
-            node[parts[-1]] = yaml.safe_load(text)
-        except yaml.YAMLError:
-            node[parts[-1]] = text
+            node[parts[-1]] = parse_yaml(text, f"--set {item}")
+        except DuplicateKeyError:
+            raise
+        except ConfigError:
+            node[parts[-1]] = text  # not YAML: taken as the string it is
     return raw
 
 

@@ -20,7 +20,7 @@ from emorl_cli.data.registry import DATASETS
 from emorl_cli.data.synth import synthesize
 from emorl_cli.errors import InputError
 from emorl_cli.evaluate.ari_report import format_stats
-from emorl_cli.files import ensure_writable_folder
+from emorl_cli.files import ensure_writable_folder, refuse_links
 from emorl_cli.training.progress import TrainingProgress
 
 DEMO_TRAIN_IMAGES = 10_000
@@ -140,6 +140,8 @@ def run_demo(
     cfg = demo_config(out_dir, overrides, dataset, data_dir)
     # every input is checked before minutes of work: the output folder, and a given checkpoint
     ensure_writable_folder(out_dir, "demo folder")
+    for part in ("data", "eval", "viz", "gifs"):  # the folders it writes in: never a link planted in their place
+        refuse_links(out_dir, part)
     given = load_model(Path(checkpoint), config) if checkpoint is not None else None
     paths: dict[str, Path] = {}
     seconds: dict[str, float] = {}

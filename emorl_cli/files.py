@@ -6,6 +6,12 @@ Every atomic write goes to a hidden temporary file beside its target, named
 it is renamed onto NAME, and the folder after, so that neither a crash nor a power loss can leave a short or
 empty file under the final name. Temporary files of writers that are no longer running (killed mid-write)
 are removed the next time emorl writes into that folder.
+
+No write follows a link planted in a folder emorl was given: atomic writes rename onto the name (replacing a
+link, never writing through it), and the files emorl appends to or rewrites in place (logs, `metrics.jsonl`,
+lock files, partial downloads) are opened with `open_for_writing`, which refuses a symbolic link, a hard link
+and anything that is not a plain file. Folders emorl makes inside a given folder (`inner_folder`) refuse a
+symbolic link in their place.
 """
 
 from __future__ import annotations
@@ -18,10 +24,11 @@ import os
 import re
 import secrets
 import socket
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import IO, Any, Optional
 
 from emorl_cli.errors import OutputError
 
@@ -96,7 +103,7 @@ def ensure_writable_folder(folder: str | Path, what: str = "output folder") -> P
     folder = make_folder(folder, what)
     probe = folder / f".emorl-write-test.{os.getpid()}@{_HOST}.{secrets.token_hex(4)}.tmp"
     try:
-        with open(probe, "wb") as handle:
+        with open(probe, "xb") as handle:  # a new file: never through a link
             handle.write(b"emorl")
             handle.flush()
             os.fsync(handle.fileno())
@@ -117,6 +124,96 @@ def ensure_writable_file(path: str | Path, what: str = "output file") -> Path:
         raise OutputError(f"{what} {path} is a folder; give a file name such as {path / 'out'}")
     ensure_writable_folder(path.parent, f"folder of the {what}")
     return path
+
+
+# ------------------------------------------------------------------------------------------------ links
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_MODES = {
+    "a": os.O_WRONLY | os.O_APPEND,
+    "w": os.O_WRONLY,  # truncated only after the checks below, never a file another name shares
+    "r+": os.O_RDWR,
+}
+
+
+def _link_error(path: Path, what: str) -> OutputError:
+    try:
+        target = f" to {os.readlink(path)}"
+    except OSError:
+        target = ""
+    return OutputError(
+        f"{path} is {what}{target}; emorl never writes through a link planted in its folders — remove it "
+        "(or choose another folder) and run the command again"
+    )
+
+
+def open_fd_for_writing(path: str | Path, mode: str = "a") -> int:
+    """`open_for_writing` at the level of a file descriptor (for `flock`); the caller closes it."""
+    path = Path(path)
+    base = mode.rstrip("b")
+    flags = _MODES[base] | os.O_CREAT | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or (not _NOFOLLOW and path.is_symlink()):
+            raise _link_error(path, "a symbolic link") from None
+        if exc.errno == errno.ENXIO:  # a FIFO without a reader
+            raise _link_error(path, "not a plain file (a FIFO or socket)") from None
+        if is_write_error(exc):
+            raise write_error(path, exc) from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _link_error(path, "not a plain file (a FIFO, device or socket)")
+        if info.st_nlink > 1:
+            raise _link_error(path, f"a hard link (one of {info.st_nlink} names of one file)")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        if base == "w":
+            os.ftruncate(fd, 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_for_writing(path: str | Path, mode: str = "a", *, encoding: Optional[str] = "utf-8") -> IO[Any]:
+    """Open `path` to append (`"a"`), overwrite (`"w"`) or read and write (`"r+"`), creating it when missing,
+    without ever following a link: a symbolic link (even a dangling one), a second hard link to another file,
+    a FIFO or a device in its place is a one-line `OutputError`, and nothing outside the folder is touched.
+
+    Args:
+        path: the file, inside a folder emorl writes to.
+        mode: "a", "w" or "r+"; a `b` suffix ("ab") or `encoding=None` opens it in binary.
+        encoding: the text encoding (None: binary).
+
+    Raises:
+        OutputError: a link or a non-file stands at `path`, or the operating system refused the write.
+    """
+    fd = open_fd_for_writing(path, mode)
+    base = mode.rstrip("b")
+    if mode.endswith("b") or encoding is None:
+        return os.fdopen(fd, base + "b")
+    return os.fdopen(fd, base, encoding=encoding)
+
+
+def inner_folder(root: str | Path, *parts: str) -> Path:
+    """`root/parts…`, made where missing, refusing a symbolic link in place of any of `parts` (the folders
+    emorl makes inside a folder it was given: a run's `checkpoints/`, a sweep's `seed=1/`, a dataset's
+    subfolders). `root` itself may be a link; the user chose it."""
+    return make_folder(refuse_links(root, *parts))
+
+
+def refuse_links(root: str | Path, *parts: str) -> Path:
+    """`root/parts…`, after checking that none of `parts` that exists is a symbolic link (nothing is made)."""
+    folder = Path(root)
+    for part in parts:
+        for piece in Path(part).parts:
+            folder = folder / piece
+            if folder.is_symlink():
+                raise _link_error(folder, "a symbolic link")
+    return folder
 
 
 # ------------------------------------------------------------------------------------------------ temp files

@@ -18,7 +18,6 @@ after every item, so an interrupted run keeps what it measured.
 from __future__ import annotations
 
 import gc
-import json
 import platform
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from emorl_cli import __version__
 from emorl_cli.config import Config, load_config
 from emorl_cli.errors import EmorlError
 from emorl_cli.files import atomic_write_json
+from emorl_cli.json_input import parse_json
 
 BUDGET_SECONDS = 480.0  # the whole suite, on one GPU
 RUN_SECONDS = 180.0  # the training run's training time
@@ -214,7 +214,7 @@ def bench_in_subprocess(
     if done.returncode != 0 or not lines:
         said = (done.stdout + done.stderr).strip().splitlines() or ["no output"]
         raise EmorlError(f"emorl bench exited with {done.returncode}: {said[-1][:300]}")
-    return json.loads(lines[-1])
+    return parse_json(lines[-1], "the last line emorl bench printed", advice="run that emorl bench alone to see it")
 
 
 def _compile(item: Item, cfg: Config, smoke: bool, left: float) -> dict[str, Any]:

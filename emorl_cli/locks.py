@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from emorl_cli.errors import BusyError, OutputError
-from emorl_cli.files import make_folder, pid_alive, write_error
+from emorl_cli.files import make_folder, open_fd_for_writing, pid_alive, write_error
+from emorl_cli.json_input import JsonProblem, loads_strict
 
 LOCK_NAME = ".emorl-lock"
 log = logging.getLogger("emorl.locks")
@@ -51,9 +52,9 @@ def _read_holder(fd: int) -> dict[str, Any]:
     try:
         os.lseek(fd, 0, os.SEEK_SET)
         text = os.read(fd, 4096).decode("utf-8", "replace").strip()
-        holder = json.loads(text) if text else {}
+        holder = loads_strict(text) if text else {}
         return holder if isinstance(holder, dict) else {}
-    except (OSError, ValueError):
+    except (OSError, JsonProblem):
         return {}
 
 
@@ -124,10 +125,7 @@ def lock_folder(folder: str | Path, command: str, *, advice: str) -> FolderLock:
     folder = make_folder(folder)
     path = folder / LOCK_NAME
     for _ in range(100):
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
-        except OSError as exc:
-            raise write_error(path, exc, "create the lock file") from None
+        fd = open_fd_for_writing(path, "r+")  # never through a link planted in the folder
         try:
             locked = _try_lock(fd)
         except OSError as exc:

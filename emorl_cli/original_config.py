@@ -8,12 +8,12 @@ dataset and model, so a converted file is a complete, validated emorl config.
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Any
 
 from emorl_cli.config import Config, config_from_dict, config_to_dict, load_config
 from emorl_cli.errors import ConfigError
+from emorl_cli.json_input import read_json
 
 # (file name prefix, clevr preprocess style) → our dataset name. Checked in order.
 _DATASET_PREFIXES = (
@@ -116,20 +116,55 @@ def _training_fields(block: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _typed(value: Any, kind: type, where: str, expected: str) -> Any:
+    """`value` when it is a `kind` (JSON true/false never counts as a number or a string); else a one-line
+    `ConfigError` naming the field, the value seen and what belongs there."""
+    if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
+        return value
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    raise ConfigError(
+        f"{where} is {type(value).__name__} {shown}, expected {expected}; fix the original config "
+        "(nothing was converted)"
+    )
+
+
 def convert_original(raw: dict[str, Any]) -> Config:
-    """Turn one original sacred JSON (train or test) into a validated emorl `Config`."""
+    """Turn one original sacred JSON (train or test) into a validated emorl `Config`.
+
+    Raises:
+        ConfigError: a block or field of the wrong kind (a list where the `Net` block belongs, a number where
+            a path belongs), or values the emorl config refuses — one line; nothing is filled in silently.
+    """
     if "Net" not in raw or "dataset" not in raw or not ({"training", "test"} & raw.keys()):
         raise ConfigError(
             f"not an original EfficientMORL config: expected keys Net, dataset and training or test, got {sorted(raw)}"
         )
-    net, dataset = raw["Net"], raw["dataset"]
     is_train = "training" in raw
-    block = raw["training"] if is_train else raw["test"]
-    kind = _MODEL_KINDS.get(block.get("model", "EfficientMORL"))
+    block_name = "training" if is_train else "test"
+    net = _typed(raw["Net"], dict, "block 'Net'", "a JSON object of model fields")
+    dataset = _typed(raw["dataset"], dict, "block 'dataset'", "a JSON object")
+    block = _typed(raw[block_name], dict, f"block {block_name!r}", "a JSON object")
+    try:
+        return _convert(raw, net, dataset, block, is_train)
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError, IndexError) as exc:
+        raise ConfigError(
+            "the original config holds a value of the wrong kind "
+            f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]}); fix it (nothing was converted)"
+        ) from None
+
+
+def _convert(
+    raw: dict[str, Any], net: dict[str, Any], dataset: dict[str, Any], block: dict[str, Any], is_train: bool
+) -> Config:
+    model = _typed(block.get("model", "EfficientMORL"), str, "field 'model'", "a model name such as EfficientMORL")
+    kind = _MODEL_KINDS.get(model)
     if kind is None:
         raise ConfigError(f"model {block.get('model')!r} is unknown; expected one of {sorted(_MODEL_KINDS)}")
-    h5_path = dataset.get("h5_path", "")
-    dataset_name = _dataset_name(h5_path, dataset.get("clevr_preprocess_style", ""))
+    h5_path = _typed(dataset.get("h5_path", ""), str, "dataset.h5_path", "the path of an .h5 file")
+    style = _typed(dataset.get("clevr_preprocess_style", ""), str, "dataset.clevr_preprocess_style", "a string")
+    if "input_size" in net:
+        _typed(net["input_size"], list, "Net.input_size", "a list [C, H, W]")
+    dataset_name = _dataset_name(h5_path, style)
     base_name = dataset_name if kind == "emorl" else f"slot_attention_{dataset_name}"
     try:
         base = config_to_dict(load_config(base_name))
@@ -163,12 +198,6 @@ def convert_original(raw: dict[str, Any]) -> Config:
 
 def convert_original_file(path: Path) -> Config:
     """Read an original JSON file and convert it (see `convert_original`)."""
-    try:
-        raw = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path} does not exist; give the path of an original EfficientMORL JSON config") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); check the file") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path} must hold a JSON object, got {type(raw).__name__}")
+    advice = "give the path of an original EfficientMORL JSON config"
+    raw = read_json(path, error=ConfigError, advice=advice, expect=dict)
     return convert_original(raw)

@@ -43,6 +43,7 @@ LAYERS = {
     "original_config": 4,
     "errors": 4,
     "files": 4,
+    "json_input": 4,
     "locks": 4,
     "accelerator": 4,
     ROOT: 5,
@@ -61,6 +62,9 @@ SAME_LAYER = {
     ("files", "errors"),
     ("locks", "errors"),
     ("locks", "files"),
+    ("locks", "json_input"),
+    ("json_input", "errors"),
+    ("original_config", "json_input"),
     ("original_config", "config"),
     ("original_config", "errors"),
 }

@@ -54,7 +54,9 @@ class EmorlGroup(TyperGroup):
             if not is_write_error(exc):
                 raise exc
             exc = write_error(exc.filename or "a file", exc)
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        # a path of bytes that are not UTF-8 is shown with escapes (\xff) rather than failing to print
+        text = str(exc).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        err_console.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
 
 

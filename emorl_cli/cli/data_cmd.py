@@ -142,7 +142,7 @@ def fetch(
         result = fetch_clevrtex(dest, clevrtex_opts, RichProgress())
     for name in result.downloaded:
         note = " (refetched after a checksum mismatch)" if name in result.refetched else ""
-        console.print(f"[green]✓[/] {name} downloaded and verified{note}")
+        console.print(_downloaded_line(name, result.checks.get(name, "md5"), note), highlight=False)
     if len(result.extracted) <= LIST_MEMBERS_UP_TO:
         for name in result.extracted:
             console.print(f"[green]✓[/] {name} extracted and verified")
@@ -155,6 +155,17 @@ def fetch(
     folders = result.h5_folders if zenodo else [result.dest]
     for folder in folders:
         console.print(f"use the data with --data-dir {folder}", soft_wrap=True, highlight=False)
+
+
+def _downloaded_line(name: str, check: str, note: str) -> str:
+    """What a download was checked against, said plainly: only a checksum the source published verifies."""
+    if check in ("md5", "sha256", "git blob id"):
+        return f"[green]✓[/] {name} downloaded and verified ({check}){note}"
+    if check == "archive":
+        return f"[green]✓[/] {name} downloaded and verified by the archive's own checksums (none published){note}"
+    if check == "size":
+        return f"[yellow]![/] {name} downloaded; only its size could be checked (the source publishes no md5 or sha256)"
+    return f"[yellow]![/] {name} downloaded but not checked (the source publishes neither its size nor a checksum)"
 
 
 # --------------------------------------------------------------------------------------------- synth

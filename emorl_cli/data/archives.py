@@ -34,6 +34,7 @@ from emorl_cli.data.manifest import HASH_CHUNK, Manifest, safe_relative
 from emorl_cli.data.progress import NullProgress, Progress, human_bytes
 from emorl_cli.data.registry import MANIFEST_NAME
 from emorl_cli.errors import DownloadError
+from emorl_cli.files import inner_folder, open_for_writing
 from emorl_cli.locks import LOCK_NAME
 
 ZIP_SUFFIXES = (".zip",)
@@ -122,12 +123,14 @@ def write_block(handle: Any, data: bytes, path: Path) -> None:
 
 def _write_member(src: IO[bytes], target: Path, size: int, name: str, archive_name: str, progress: Progress) -> str:
     """Copy one member to `target.part`, check it, rename it to `target`; returns its md5."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    folders = Path(name).parts[:-1]
+    root = target.parents[len(folders)]  # the destination the member's name is relative to
+    inner_folder(root, *folders)
     part = target.with_name(target.name + ".part")
     digest = hashlib.md5()
     written = 0
     try:
-        with open(part, "wb") as out:
+        with open_for_writing(part, "wb") as out:
             while block := src.read(HASH_CHUNK):
                 write_block(out, block, part)
                 digest.update(block)

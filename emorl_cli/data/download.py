@@ -4,11 +4,16 @@ Standard library only. For each wanted file (`RemoteFile`: name, size and md5 wh
 them, URL):
 
 1. skip it when the manifest already vouches for it (same size and md5 as published);
-2. download to `NAME.part`, resuming with `Range: bytes=N-`; network errors, 5xx answers and cut-off
-   transfers are retried `retries` times with exponential backoff (a try that made progress resets the count);
-3. check size and md5 where published; an archive whose source publishes no checksum is checked instead by
-   reading it whole (gzip CRC-32 and length, tar header checksums, zip CRCs). A mismatch moves the file aside
-   to `NAME.bad` and fetches it once more from scratch — a second mismatch is an error;
+2. download to `NAME.part`, resuming with `Range: bytes=N-`; network errors, 5xx answers, cut-off and stalled
+   transfers (less than `STALL_BYTES` in `timeout` seconds) are retried `retries` times with exponential
+   backoff. A try resets the count only when it took the file at least `PROGRESS_BYTES` further than any try
+   before it, so no answer of a server — a body that ignores `Range`, a wrong `Content-Range`, a gzip-encoded
+   body, a trickle — can keep a fetch going for ever. A resume the server refuses restarts the file from zero,
+   once: later tries of that file ask for the whole file;
+3. check size and md5 or sha256 — whichever is published; an archive whose source publishes no checksum is
+   checked instead by reading it whole (gzip CRC-32 and length, tar header checksums, zip CRCs), and any other
+   file only by its size, which the result says (`FetchResult.checks`). A mismatch moves the file aside to
+   `NAME.bad` and fetches it once more from scratch — a second mismatch is an error;
 4. rename `NAME.part` → `NAME` only now, so the final name only ever holds a verified file;
 5. an archive is unpacked into the destination (see `emorl_cli.data.archives`: unsafe names refused before
    anything is written, every member checked and renamed into place) and removed only after all succeeded;
@@ -29,7 +34,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -44,28 +49,47 @@ from emorl_cli.data.archives import (
     scan_archive,
     write_block,
 )
-from emorl_cli.data.manifest import HASH_CHUNK, Manifest, git_blob_id, md5_file, safe_relative
+from emorl_cli.data.manifest import HASH_CHUNK, Manifest, git_blob_id, hash_file, md5_file, safe_relative
 from emorl_cli.data.progress import NullProgress, Progress, human_bytes
 from emorl_cli.errors import DownloadError
-from emorl_cli.files import remove_stale_temp_files
+from emorl_cli.files import inner_folder, open_for_writing, remove_stale_temp_files
 from emorl_cli.locks import lock_folder
 
 USER_AGENT = f"emorl/{__version__} (+https://doi.org/10.5281/zenodo.4895643)"
 # HTTP answers worth another try; any other error status is final.
 RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 MAX_BACKOFF_S = 60.0
+# A try that takes a file this much further than any try before it resets the count of failed tries.
+PROGRESS_BYTES = 1 << 20
+# A transfer that delivers less than this in `timeout` seconds has stalled (a trickle is no transfer).
+STALL_BYTES = 1024
 
 
 @dataclass(frozen=True)
 class RemoteFile:
     """One file a source offers: its name in the destination, size and md5 where published, its URL, and
-    `git_blob` — its git object id, checked after the download — where that is what is known."""
+    `sha256` or `git_blob` (its git object id), checked after the download, where that is what is known."""
 
     key: str
     size: Optional[int]
     md5: Optional[str]
     url: str
     git_blob: Optional[str] = None
+    sha256: Optional[str] = None
+
+    @property
+    def check(self) -> str:
+        """How a download of this file is checked: 'md5', 'sha256', 'git blob id', 'archive' (read whole, its
+        own checksums), 'size' (nothing else is known) or 'nothing'."""
+        if self.md5 is not None:
+            return "md5"
+        if self.sha256 is not None:
+            return "sha256"
+        if self.git_blob is not None:
+            return "git blob id"
+        if self.is_archive:
+            return "archive"
+        return "size" if self.size is not None else "nothing"
 
     @property
     def is_archive(self) -> bool:
@@ -94,6 +118,7 @@ class FetchResult:
     refetched: list[str] = field(default_factory=list)
     extracted: list[str] = field(default_factory=list)
     unpacked: dict[str, int] = field(default_factory=dict)  # archive → how many files it unpacked
+    checks: dict[str, str] = field(default_factory=dict)  # downloaded file → how it was checked (RemoteFile.check)
     h5_folders: list[Path] = field(default_factory=list)
 
     @property
@@ -145,7 +170,13 @@ def open_url(url: str, timeout: float, headers: Optional[dict[str, str]] = None)
         return urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 (http/https only, see check_url)
     except urllib.error.HTTPError as exc:
         exc.close()
-        text = f"HTTP {exc.code} {exc.reason} for {url}"
+        if 300 <= exc.code < 400:  # urllib gives up on a redirect loop, a chain of more than 10, or no Location
+            raise DownloadError(
+                f"{url} redirects in a loop or nowhere (HTTP {exc.code}: a loop, more than 10 hops, or no "
+                "destination); check --base-url, or try again later"
+            ) from None
+        reason = " ".join(str(exc.reason).split())  # one line, whatever the server wrote
+        text = f"HTTP {exc.code} {reason} for {url}"
         if exc.code in RETRY_STATUS or exc.code == 416:
             raise TransientError(text, status=exc.code) from None
         if exc.code == 404:
@@ -199,25 +230,65 @@ class _PartFile:
         self.path = path
         self.digest = hashlib.md5()
         self.size = 0
-        if path.exists():
-            progress.note(f"resuming {path.name[: -len('.part')]} from {human_bytes(path.stat().st_size)}")
-            with open(path, "rb") as handle:
+        self.resume = True  # False once the server refused a resume: later tries ask for the whole file
+        if path.exists() or path.is_symlink():
+            with open_for_writing(path, "r+b") as handle:  # never read or resume through a planted link
+                progress.note(
+                    f"resuming {path.name[: -len('.part')]} from {human_bytes(os.fstat(handle.fileno()).st_size)}"
+                )
                 while block := handle.read(HASH_CHUNK):
                     self.digest.update(block)
                     self.size += len(block)
+        self.furthest = self.size
 
     def reset(self) -> None:
         self.path.unlink(missing_ok=True)
         self.digest = hashlib.md5()
         self.size = 0
 
+    def refuse_resume(self) -> None:
+        """The server will not resume this file: start it over from zero, and never ask for a range again."""
+        self.reset()
+        self.resume = False
+
+    def advanced(self) -> bool:
+        """Whether the file now reaches at least `PROGRESS_BYTES` past the furthest point of every earlier try;
+        records the new furthest point."""
+        gained = self.size - self.furthest
+        self.furthest = max(self.furthest, self.size)
+        return gained >= PROGRESS_BYTES
+
 
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 
 
+def read_blocks(response: http.client.HTTPResponse, url: str, opts: TransferOptions) -> Iterator[bytes]:
+    """The body of `response` block by block as it arrives. A transfer that delivers less than `STALL_BYTES`
+    in `opts.timeout_s` seconds (nothing at all, or a trickle) raises `TransientError`, as does a cut-off
+    connection; the caller sees each block before the error."""
+    window_start, window_bytes = time.monotonic(), 0
+    while True:
+        try:
+            block = response.read1(opts.chunk_bytes)
+        except (http.client.HTTPException, OSError) as exc:
+            raise TransientError(describe_network_error(url, exc)) from None
+        if not block:
+            return
+        yield block
+        window_bytes += len(block)
+        elapsed = time.monotonic() - window_start
+        if elapsed >= opts.timeout_s:
+            if window_bytes < STALL_BYTES:
+                raise TransientError(
+                    f"the transfer from {_host_of(url)} stalled ({window_bytes:,} bytes in {elapsed:.0f} s, "
+                    f"--timeout {opts.timeout_s:g})"
+                )
+            window_start, window_bytes = time.monotonic(), 0
+
+
 def _attempt(rf: RemoteFile, part: _PartFile, opts: TransferOptions, progress: Progress) -> None:
     """One GET of `rf` appended to `part` (from where it stands); returns when the file is whole."""
-    if rf.size is not None and part.size > rf.size:
+    if (rf.size is not None and part.size > rf.size) or (part.size and not part.resume):
         part.reset()
     if rf.size is not None and part.size == rf.size:
         return
@@ -226,52 +297,61 @@ def _attempt(rf: RemoteFile, part: _PartFile, opts: TransferOptions, progress: P
         response = open_url(rf.url, opts.timeout_s, headers)
     except TransientError as exc:
         if exc.status == 416:
-            part.reset()  # the server will not resume this: start over on the next try
+            part.refuse_resume()  # the server will not resume this: start over on the next try
         raise
     with response:
         status = response.status
         if part.size and status == 206:
             match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
             if not match or int(match.group(1)) != part.size:
-                part.reset()
-                raise TransientError(f"the server answered a resume request with range {match and match.group(0)}")
+                part.refuse_resume()
+                raise TransientError(
+                    f"the server answered a resume request with range {match and match.group(0)}; starting "
+                    f"{rf.key} over from zero"
+                )
         elif part.size and status == 200:
-            part.reset()  # no Range support: the whole file comes again
+            part.refuse_resume()  # no Range support: the whole file comes again, and is asked for from now on
+        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            raise TransientError(
+                f"the server sent {rf.key} {encoding}-encoded although emorl asked for its bytes as they are"
+            )
         length = response.headers.get("Content-Length")
         expected = int(length) if length and length.isdigit() else None
         received = 0
-        with open(part.path, "ab") as handle:
-            while True:
-                try:
-                    block = response.read(opts.chunk_bytes)
-                except (http.client.HTTPException, OSError) as exc:
-                    handle.flush()
-                    raise TransientError(describe_network_error(rf.url, exc), progressed=received > 0) from None
-                if not block:
-                    break
-                write_block(handle, block, part.path)
-                part.digest.update(block)
-                part.size += len(block)
-                received += len(block)
-                progress.advance(len(block))
+        with open_for_writing(part.path, "ab") as handle:
+            try:
+                for block in read_blocks(response, rf.url, opts):
+                    write_block(handle, block, part.path)
+                    part.digest.update(block)
+                    part.size += len(block)
+                    received += len(block)
+                    progress.advance(len(block))
+            except TransientError as exc:
+                handle.flush()
+                exc.progressed = part.advanced()
+                raise
     short_of_header = expected is not None and received < expected
     short_of_record = rf.size is not None and part.size < rf.size
     if short_of_header or short_of_record:
         want = rf.size if rf.size is not None else part.size + (expected or 0) - received
         raise TransientError(
             f"the connection closed after {part.size:,} of {want:,} bytes ({human_bytes(want)}) of {rf.key}",
-            progressed=received > 0,
+            progressed=part.advanced(),
         )
 
 
 def _check_download(rf: RemoteFile, part: _PartFile, progress: Progress) -> tuple[Optional[str], Any]:
-    """(problem or None, archive listing) of a finished `NAME.part`: size, md5 and git blob id where known; an
-    archive with no checksum is read whole instead (its own checksums stand in for the missing one)."""
+    """(problem or None, archive listing) of a finished `NAME.part`: size, md5, sha256 and git blob id where
+    known; an archive with no checksum is read whole instead (its own checksums stand in for the missing one)."""
     got = part.digest.hexdigest()
     if rf.size is not None and part.size != rf.size:
         return f"size {part.size:,} bytes, expected {rf.size:,}", None
     if rf.md5 is not None and got != rf.md5:
         return f"md5 {got}, expected {rf.md5}", None
+    if rf.md5 is None and rf.sha256 is not None:
+        sha256 = hash_file(part.path, "sha256")
+        return (None if sha256 == rf.sha256 else f"sha256 {sha256}, expected {rf.sha256}"), None
     if rf.git_blob is not None:
         blob = git_blob_id(part.path)
         return (None if blob == rf.git_blob else f"git blob id {blob}, expected {rf.git_blob}"), None
@@ -318,7 +398,7 @@ def _download_checked(
     """`download_verified`, also returning the archive listing when the check read the archive."""
     final = dest / rf.key
     part_path = final.with_name(final.name + ".part")
-    final.parent.mkdir(parents=True, exist_ok=True)
+    inner_folder(dest, *Path(rf.key).parts[:-1])
     refetched = False
     for round_ in (1, 2):
         part = _PartFile(part_path, progress)
@@ -364,10 +444,10 @@ def _archive_done(manifest: Manifest, rf: RemoteFile, recheck: bool, progress: P
     return True
 
 
-def _hash_matches(path: Path, md5: str, progress: Progress) -> bool:
+def _hash_matches(path: Path, digest: str, progress: Progress, algorithm: str = "md5") -> bool:
     progress.start(f"checking {path.name}", path.stat().st_size, unit="bytes")
     try:
-        return md5_file(path, progress) == md5
+        return hash_file(path, algorithm, progress) == digest
     finally:
         progress.finish()
 
@@ -386,6 +466,12 @@ def _adopt_existing(
             progress.note(f"{rf.key} exists but its md5 differs from the published one; downloading a verified copy")
             return False, None
         md5 = rf.md5
+    elif rf.sha256 is not None:
+        if _hash_matches(final, rf.sha256, progress, "sha256"):
+            md5 = _md5_with_progress(final, progress)
+        else:
+            progress.note(f"{rf.key} exists but its sha256 differs from the published one; downloading a verified copy")
+            return False, None
     elif rf.is_archive:
         try:
             listing = scan_archive(final, rf.key, progress)
@@ -494,6 +580,7 @@ def _fetch_locked(
             manifest.record_file(rf.key, (dest / rf.key).stat().st_size, md5, source)
             manifest.save()
             result.downloaded.append(rf.key)
+            result.checks[rf.key] = rf.check
             if refetched:
                 result.refetched.append(rf.key)
             if listing is not None:

@@ -66,6 +66,11 @@ class ImportResult:
 # --------------------------------------------------------------------------------------------- listing
 
 
+def _printable(name: str) -> str:
+    """`name` as text: bytes of a file name that are not UTF-8 shown as escapes (\\xff), never raised on."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _files_by_stem(folder: Path, suffixes: Sequence[str], what: str) -> tuple[dict[str, Path], list[str]]:
     """{stem: path} of the non-hidden files in `folder` with one of `suffixes` (any case), and the other names."""
     if not folder.is_dir():
@@ -76,8 +81,13 @@ def _files_by_stem(folder: Path, suffixes: Sequence[str], what: str) -> tuple[di
         if path.name.startswith(".") or not path.is_file():
             continue
         if path.suffix.lower() not in suffixes:
-            others.append(path.name)
+            others.append(_printable(path.name))
             continue
+        if _printable(path.name) != path.name:  # bytes that are not UTF-8 (stored as names in the .h5)
+            raise DataError(
+                f"the name of {what} {_printable(path.name)} in {_printable(str(folder))} is not UTF-8 text; "
+                "rename the file (names are stored in the .h5 as UTF-8)"
+            )
         if path.stem in found:
             raise DataError(
                 f"{what} {found[path.stem].name} and {path.name} in {folder} have the same name {path.stem!r}; "

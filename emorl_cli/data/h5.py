@@ -12,6 +12,7 @@ Every problem becomes a `DataError` that names the file and says how to get a go
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,7 +25,7 @@ import numpy as np
 
 from emorl_cli.data.registry import dataset_for_file
 from emorl_cli.errors import DataError
-from emorl_cli.files import atomic_path
+from emorl_cli.files import WRITE_ERRNOS, atomic_path, write_error
 
 # How many samples `check_mask_values` and `describe_file` read when they cannot afford the whole file.
 SAMPLE_CHECK = 256
@@ -75,13 +76,61 @@ def _open_error(path: Path, exc: OSError) -> DataError:
 
 
 def open_h5(path: Path) -> h5py.File:
-    """Open an .h5 file read-only, turning every failure into a `DataError` naming the file."""
+    """Open an .h5 file read-only, turning every failure into a `DataError` naming the file; a file that
+    reads data from other files (see `check_self_contained`) is refused."""
     path = Path(path)
     require_file(path)
     try:
-        return h5py.File(path, "r")
+        handle = h5py.File(path, "r")
     except OSError as exc:
         raise _open_error(path, exc) from None
+    try:
+        check_self_contained(handle, path)
+    except BaseException:
+        handle.close()
+        raise
+    return handle
+
+
+def check_self_contained(handle: h5py.File, path: Path) -> None:
+    """Refuse a file whose data lives in other files: an external link, a virtual dataset mapping another
+    file (HDF5 reads a missing one as zeros, without a word), or a dataset stored in external raw files.
+
+    Raises:
+        DataError: one line naming the file, the object and the file it points at.
+    """
+    found: list[str] = []
+
+    def visit(name: str, link: Any) -> None:
+        if found:
+            return
+        if isinstance(link, h5py.ExternalLink):
+            found.append(f"'{name}' is an external link to {link.filename}:{link.path}")
+            return
+        if not isinstance(link, h5py.HardLink):
+            return
+        try:
+            obj = handle[name]
+        except (KeyError, OSError):
+            return
+        if not isinstance(obj, h5py.Dataset):
+            return
+        if obj.is_virtual:
+            others = sorted({src.file_name for src in obj.virtual_sources() if src.file_name != "."})
+            if others:
+                found.append(f"'{name}' is a virtual dataset reading {', '.join(others)}")
+        elif obj.external:
+            found.append(f"'{name}' is stored in external files ({', '.join(str(e[0]) for e in obj.external)})")
+
+    try:
+        handle.visititems_links(visit)
+    except (OSError, RuntimeError) as exc:
+        raise DataError(f"cannot list the contents of {path} ({exc}); the file is probably damaged") from None
+    if found:
+        raise DataError(
+            f"{path} reads data from other files ({found[0]}); emorl reads only self-contained .h5 files — "
+            "copy the data into the file (h5repack, or `emorl data import`) and use that"
+        )
 
 
 @contextmanager
@@ -332,5 +381,24 @@ def atomic_h5(path: Path) -> Iterator[h5py.File]:
     On any error the temporary file is removed and `path` is left as it was.
     """
     with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as handle:
-            yield handle
+        try:
+            with h5py.File(tmp, "w") as handle:
+                yield handle
+        except (OSError, RuntimeError) as exc:
+            code = _write_errno(exc)
+            if code in WRITE_ERRNOS:  # a full disk, a file-size limit, …: one line naming the file
+                raise write_error(path, OSError(code, os.strerror(code))) from None
+            raise
+
+
+_HDF5_ERRNO = re.compile(r"errno = (\d+)")
+
+
+def _write_errno(exc: BaseException) -> Optional[int]:
+    """The operating system's errno behind an HDF5 write failure: the OSError's own, or the one HDF5 quotes
+    in its message ("… errno = 28, error message = 'No space left on device'"), which h5py may raise as a
+    RuntimeError while closing the file."""
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.errno
+    found = _HDF5_ERRNO.search(str(exc))
+    return int(found.group(1)) if found else None

@@ -14,7 +14,6 @@ second `data fetch` knows their contents are already in place after the zip itse
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Optional
@@ -23,6 +22,7 @@ from emorl_cli.data.progress import NullProgress, Progress
 from emorl_cli.data.registry import MANIFEST_NAME
 from emorl_cli.errors import DataError
 from emorl_cli.files import atomic_write_json
+from emorl_cli.json_input import read_json
 
 FORMAT = "emorl-manifest/1"
 HASH_CHUNK = 1 << 20
@@ -86,8 +86,11 @@ class Manifest:
         path = folder / MANIFEST_NAME
         if not path.exists():
             return cls(folder)
+        advice = (
+            "delete it and run `emorl data fetch --zenodo` again (verified files are re-checked, not re-downloaded)"
+        )
+        raw = read_json(path, error=DataError, advice=advice, expect=dict)
         try:
-            raw = json.loads(path.read_text())
             files = dict(raw.get("files", {}))
             archives = dict(raw.get("archives", {}))
             for entry in files.values():

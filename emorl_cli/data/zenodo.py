@@ -6,8 +6,6 @@ resumable verified downloads, the zip unpacked safely, the manifest — is `emor
 
 from __future__ import annotations
 
-import http.client
-import json
 import re
 import time
 import urllib.parse
@@ -20,17 +18,17 @@ from emorl_cli.data.download import (
     FetchResult,
     RemoteFile,
     TransferOptions,
-    TransientError,
     check_url,
-    describe_network_error,
     fetch_files,
     open_url,
+    read_blocks,
     with_retries,
 )
 from emorl_cli.data.manifest import Manifest
 from emorl_cli.data.progress import Progress
 from emorl_cli.data.registry import ZENODO_BASE_URL, ZENODO_RECORD_ID
 from emorl_cli.errors import DownloadError
+from emorl_cli.json_input import parse_json
 
 __all__ = ["FetchOptions", "FetchResult", "RemoteFile", "fetch_zenodo", "list_record_files"]
 
@@ -83,30 +81,32 @@ def _parse_files(payload: Any, opts: FetchOptions, record_url: str) -> list[Remo
         if not isinstance(key, str) or not key:
             continue
         size = entry.get("size", entry.get("filesize"))
-        checksum = entry.get("checksum")
-        md5 = None
-        if isinstance(checksum, str) and checksum:
-            algo, _, value = checksum.partition(":")
-            md5 = value.lower() if value and algo.lower() == "md5" else (None if value else checksum.lower())
-        out.append(
-            RemoteFile(key, int(size) if size is not None else None, md5, _file_url(entry, key, opts, record_url))
-        )
+        md5, sha256 = _checksums(entry.get("checksum"))
+        url = _file_url(entry, key, opts, record_url)
+        out.append(RemoteFile(key, int(size) if size is not None else None, md5, url, sha256=sha256))
     return out
+
+
+def _checksums(checksum: Any) -> tuple[Optional[str], Optional[str]]:
+    """(md5, sha256) of a record's `checksum` field: `md5:HEX` or `sha256:HEX`, or a bare HEX (sha256 when it
+    is 64 digits long, else md5); any other algorithm, or no checksum, gives (None, None) — such a file is
+    checked by size only, and the fetch says so. A malformed value is kept: the check then fails, saying so."""
+    if not isinstance(checksum, str) or not checksum.strip():
+        return None, None
+    algo, sep, value = checksum.strip().lower().partition(":")
+    if not sep:
+        algo, value = ("sha256" if len(algo) == 64 else "md5"), algo
+    if not value:
+        return None, None
+    return (value if algo == "md5" else None), (value if algo == "sha256" else None)
 
 
 def _get_json(url: str, opts: FetchOptions, sleep: Callable[[float], None]) -> Any:
     def action() -> Any:
         with open_url(url, opts.timeout_s, {"Accept": "application/json"}) as response:
-            try:
-                body = response.read()
-            except (http.client.HTTPException, OSError) as exc:
-                raise TransientError(describe_network_error(url, exc)) from None
-        try:
-            return json.loads(body)
-        except ValueError:
-            raise DownloadError(
-                f"{url} did not answer with JSON (got {body[:60]!r}…); check --base-url points at a Zenodo server"
-            ) from None
+            body = b"".join(read_blocks(response, url, opts))
+        advice = "check --base-url points at a Zenodo server (and --record)"
+        return parse_json(body, f"the answer of {url}", error=DownloadError, advice=advice)
 
     return with_retries(f"reading {url}", opts, sleep, action)
 

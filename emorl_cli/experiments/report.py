@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-import yaml
 
-from emorl_cli.config import config_from_dict, config_to_dict
+from emorl_cli.config import config_from_dict, config_to_dict, read_yaml_file
 from emorl_cli.errors import EmorlError, InputError
 from emorl_cli.experiments.sweep import short_keys
+from emorl_cli.json_input import read_json
 from emorl_cli.training.run_logs import eval_rows
 from emorl_cli.training.rundir import RunDir
 
@@ -188,17 +188,16 @@ def read_run(folder: Path) -> RunFigures:
     """A run's config (fields it predates filled with today's defaults, so that runs of different emorl
     versions compare field by field) and its evaluation rows."""
     run = RunDir(folder)
-    try:
-        config = yaml.safe_load(run.config.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise InputError(f"cannot read {run.config} ({exc}); is it a run folder?") from None
+    config = read_yaml_file(run.config, error=InputError, what="the run's config") or {}
+    if not isinstance(config, dict):
+        raise InputError(f"{run.config} holds no config (a {type(config).__name__}); is {folder} a run folder?")
     try:
         config = config_to_dict(config_from_dict(config, source=str(run.config)))
     except EmorlError:
         pass  # not a config this version validates: compare what it holds
     try:
-        finished = json.loads(run.finished.read_text()) if run.finished.is_file() else None
-    except (OSError, ValueError):
+        finished = read_json(run.finished, expect=dict) if run.finished.is_file() else None
+    except EmorlError:
         finished = None  # a torn or unreadable finished.json: judge the run by its rows alone
     return RunFigures(folder=folder, config=flatten(config), rows=eval_rows(run.metrics), finished=finished)
 

@@ -14,7 +14,6 @@ with checkpoints continue with `--resume`, the others start afresh.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import re
 import signal
@@ -28,7 +27,8 @@ from typing import Optional
 
 from emorl_cli.config import Config, load_config, resolve_config_path
 from emorl_cli.errors import EmorlError, InputError
-from emorl_cli.files import atomic_write_json
+from emorl_cli.files import atomic_write_json, inner_folder, open_for_writing
+from emorl_cli.json_input import read_json
 from emorl_cli.training.run_logs import eval_rows, read_rows
 from emorl_cli.training.rundir import RunDir
 
@@ -142,13 +142,13 @@ def is_finished(run_dir: Path, cfg: Config) -> bool:
     if not marker.is_file():
         return False
     try:
-        done = json.loads(marker.read_text())
-    except (OSError, ValueError):
+        done = read_json(marker, expect=dict)
+        if done.get("reason") == "iters":
+            return int(done.get("step", -1)) >= cfg.training.iters
+        budget = cfg.training.max_minutes
+        return budget is not None and float(done.get("seconds", 0.0)) >= budget * 60.0
+    except (EmorlError, TypeError, ValueError, OverflowError):  # a damaged marker: the run is not finished
         return False
-    if done.get("reason") == "iters":
-        return int(done.get("step", -1)) >= cfg.training.iters
-    budget = cfg.training.max_minutes
-    return budget is not None and float(done.get("seconds", 0.0)) >= budget * 60.0
 
 
 # --------------------------------------------------------------------------------------------- running
@@ -252,7 +252,11 @@ def run_sweep(plan: SweepPlan, on_change: Callable[[list[RunStatus]], None] = la
                 if waiting is None:
                     break
                 free_slots.remove(slot)
-                running[slot] = _start(plan, waiting, slot)
+                try:
+                    running[slot] = _start(plan, waiting, slot)
+                except EmorlError:  # its folder cannot be written (a link planted there, a full disk): stop all
+                    _stop_all(running.values())
+                    raise
                 on_change(statuses)
             if not running:
                 break
@@ -289,8 +293,8 @@ def _start(plan: SweepPlan, status: RunStatus, slot: int) -> tuple[RunStatus, su
     if plan.devices:
         status.device = plan.devices[slot % len(plan.devices)]
         env["CUDA_VISIBLE_DEVICES"] = status.device
-    status.folder.mkdir(parents=True, exist_ok=True)
-    log = status.log.open("a")
+    inner_folder(plan.out_dir, status.folder.relative_to(plan.out_dir).as_posix())
+    log = open_for_writing(status.log, "a")
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
     log.write(f"=== {stamp} emorl sweep {'resumes' if resume else 'starts'}: {' '.join(command)}\n")
     log.flush()
@@ -386,6 +390,6 @@ def plan_sweep(
     from emorl_cli.demo import DEMOS, ensure_data
 
     if plan.data_dir is None and config in {spec.config for spec in DEMOS.values()}:
-        plan.data_dir = plan.out_dir / "data"
+        plan.data_dir = inner_folder(plan.out_dir, "data")  # never a link planted in its place
         ensure_data(load_config(config, [*plan.sets, f"data.data_dir={plan.data_dir}"]))
     return plan

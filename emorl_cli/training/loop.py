@@ -29,7 +29,7 @@ from emorl_cli.config import Config, ModelConfig, config_to_dict
 from emorl_cli.data.batches import collate_batch
 from emorl_cli.data.dataset import check_slots_cover_entities, open_split
 from emorl_cli.errors import CheckpointError, OutputError, TrainingError
-from emorl_cli.files import atomic_write_json, atomic_write_text
+from emorl_cli.files import atomic_write_json, atomic_write_text, inner_folder, open_for_writing
 from emorl_cli.training.images import training_figure
 from emorl_cli.training.memory import check_training_memory
 from emorl_cli.training.order import GlobalBatchOrder, StepBatchSampler
@@ -122,7 +122,7 @@ class Trainer:
                 f"or --out NEW_FOLDER for a new run"
             )
         if self.main:
-            self.run_dir.checkpoints.mkdir(parents=True, exist_ok=True)
+            inner_folder(self.run_dir.root, self.run_dir.checkpoints.name)
             self._write_config()
             for stale in (self.run_dir.metrics, self.run_dir.finished, self.run_dir.checkpoints / BEST_NAME):
                 stale.unlink(missing_ok=True)
@@ -130,6 +130,8 @@ class Trainer:
         return 0
 
     def _resume(self) -> int:
+        if self.run_dir.checkpoints.exists() or self.run_dir.checkpoints.is_symlink():
+            inner_folder(self.run_dir.root, self.run_dir.checkpoints.name)  # never a link planted in its place
         latest = self.run_dir.latest_checkpoint()
         if latest is None:
             raise TrainingError(
@@ -181,7 +183,7 @@ class Trainer:
         )
         for step, batch in zip(steps, loader, strict=True):
             if self.record_ranks:
-                with (self.run_dir.root / f"samples_rank{runner.rank}.txt").open("a") as handle:
+                with open_for_writing(self.run_dir.root / f"samples_rank{runner.rank}.txt", "a") as handle:
                     handle.write(f"{step} " + " ".join(map(str, batch["index"].tolist())) + "\n")
             yield batch
 
@@ -206,7 +208,7 @@ class Trainer:
     def run(self) -> TrainResult:
         t = self.cfg.training
         metrics = MetricsLog(self.run_dir.metrics)
-        tb = TensorBoardLog(self.run_dir.tensorboard if self.main else None)
+        tb = TensorBoardLog(inner_folder(self.run_dir.root, self.run_dir.tensorboard.name) if self.main else None)
         started = time.perf_counter()
         scalars: Scalars = {}
         last_eval: Optional[dict[str, Any]] = None

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from emorl_cli.files import atomic_write_text, is_write_error, write_error
+from emorl_cli.files import atomic_write_text, is_write_error, open_for_writing, write_error
+from emorl_cli.json_input import JsonProblem, loads_strict
 
 log = logging.getLogger("emorl.training")
 EVAL_SPLIT = "test"
@@ -40,8 +41,8 @@ def read_rows(path: Path) -> tuple[list[dict[str, Any]], bool]:
     rows, torn = [], False
     for number, line in enumerate(lines):
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
+            row = loads_strict(line)
+        except JsonProblem:
             torn = torn or number == len(lines) - 1
             continue
         if isinstance(row, dict) and "step" in row:
@@ -67,7 +68,7 @@ class MetricsLog:
 
     def write(self, step: int, scalars: dict[str, Any]) -> None:
         try:
-            with self.path.open("a") as handle:
+            with open_for_writing(self.path, "a") as handle:
                 handle.write(json.dumps({"step": step, **scalars}) + "\n")
         except OSError as exc:
             if is_write_error(exc):
