@@ -56,7 +56,7 @@ def fetch(server: FakeZenodo, dest: Path, *extra: str, retries: int = 2):
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git for `git hash-object`")
-@pytest.mark.parametrize("data", [b"", b"hello\n", payload(70_000, 3)])
+@pytest.mark.parametrize("data", [b"", b"hello\n", payload(70_000, 3)], ids=["empty", "one-line", "70kB"])
 def test_git_blob_id_equals_git_hash_object(tmp_path, data):
     path = tmp_path / "file.bin"
     path.write_bytes(data)
