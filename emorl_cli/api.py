@@ -12,6 +12,7 @@ light). Errors are `emorl_cli.errors.EmorlError`s whose message says what was wr
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -95,6 +96,7 @@ class Model:
         refinement_iters: Optional[int] = None,
         batch_size: int = 64,
         seed: int = 0,
+        names: Optional[Sequence[str]] = None,
     ) -> Segmentation:
         """Segment pictures of any size into the model's K slots.
 
@@ -107,12 +109,14 @@ class Model:
             batch_size: pictures per forward pass.
             seed: the pictures' samples are drawn from generators seeded by (seed, name): the same call gives
                 the same result.
+            names: one unique name per picture (default: a file's stem, `image-000003` for the fourth array);
+                `result.names` holds them, and with the seed they choose a picture's samples.
         Returns:
             a `Segmentation`: `masks` [N, K, S, S], `labels` [N, S, S], `components` [N, K, 3, S, S],
             `reconstructions` [N, 3, S, S], `loc` and `scale` [N, K, D], `images` [N, S, S, 3] (numpy arrays;
             `result.to_torch()` gives tensors, `result[i]` picture i's own arrays).
         """
-        sources = sources_from_python(images)
+        sources = sources_from_python(images, names)
         parts = list(
             segment_batches(self._loaded, sources, refinement_iters=refinement_iters, batch_size=batch_size, seed=seed)
         )

@@ -191,9 +191,22 @@ def _renamed(source: PictureSource, name: str) -> PictureSource:
     return PictureSource(name, path=source.path, group=source.group, index=source.index)
 
 
-def sources_from_python(images: Any) -> list[PictureSource]:
+def sources_from_python(images: Any, names: Optional[Sequence[str]] = None) -> list[PictureSource]:
     """What `Model.segment` accepts: a uint8 array [H, W, 3] or [N, H, W, 3], or a list of PIL images, file
-    paths and uint8 arrays [H, W, 3]."""
+    paths and uint8 arrays [H, W, 3]; `names` (unique, one per picture) replace the default names."""
+    sources = _python_sources(images)
+    if names is None:
+        return sources
+    names = [str(n) for n in names]
+    if len(names) != len(sources) or len(set(names)) != len(names):
+        raise InputError(
+            f"names holds {len(names)} names ({len(set(names))} different) for {len(sources)} pictures; give one "
+            "unique name per picture"
+        )
+    return [PictureSource(n, path=s.path, array=s.array) for n, s in zip(names, sources, strict=True)]
+
+
+def _python_sources(images: Any) -> list[PictureSource]:
     if isinstance(images, np.ndarray):
         if images.ndim == 3:
             images = images[None]
