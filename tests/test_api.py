@@ -240,3 +240,52 @@ def test_importing_the_package_does_not_import_torch():
     code = "import sys, emorl_cli; assert callable(emorl_cli.load); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(), check=True)
     assert out.stdout.strip() == "False"
+
+
+# ---------------------------------------------------------------------------------------- the docs
+
+
+def doc_blocks(path: Path) -> list[tuple[str, str]]:
+    """(language, code) of every fenced block of a Markdown page, in order."""
+    blocks, language, lines = [], None, []
+    for line in path.read_text().splitlines():
+        if line.startswith("```"):
+            if language is None:
+                language, lines = line[3:].strip(), []
+            else:
+                blocks.append((language, "\n".join(lines)))
+                language = None
+        elif language is not None:
+            lines.append(line)
+    return blocks
+
+
+def test_the_worked_example_of_docs_using_runs(cli, tmp_path, monkeypatch, capsys):
+    """Every Python block of docs/using.md in order, in one namespace, and its `emorl segment` line, on
+    stand-ins of the files it names: a demo-config checkpoint, two photos, the original's .pth."""
+    import shlex
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    fresh_checkpoint(tmp_path / "runs" / "demo" / "checkpoints" / "best.pt")
+    (tmp_path / "photos").mkdir()
+    Image.fromarray(pictures(1, side=90, seed=5)[0]).resize((120, 90)).save(tmp_path / "photos" / "kitchen.jpg")
+    Image.fromarray(pictures(1, side=35, seed=6)[0]).save(tmp_path / "photos" / "desk.png")
+    (tmp_path / "models").mkdir()
+    shutil.copy(GOLDEN / "tetrominoes.pth", tmp_path / "models" / "emorl-tetrominoes-seed-1200-state-200000.pth")
+    blocks = doc_blocks(Path(__file__).parent.parent / "docs" / "using.md")
+    assert sum(language == "python" for language, _ in blocks) >= 5
+    namespace: dict = {}
+    for language, code in blocks:
+        if language == "python":
+            exec(compile(code, "docs/using.md", "exec"), namespace)
+        elif language == "bash":
+            for line in code.splitlines():
+                if line.startswith("emorl segment"):
+                    result = cli(*shlex.split(line)[1:])
+                    assert result.exit_code == 0, result.output
+    printed = capsys.readouterr().out
+    assert "['kitchen', 'desk']" in printed and "(2, 4, 35, 35) (2, 35, 35) (2, 4, 32)" in printed
+    assert "120x90 → 35x35: centre square crop, bicubic resize" in printed
+    assert "['desk' 'kitchen'] (2, 35, 35)" in printed and "(8, 35, 35)" in printed
+    assert (tmp_path / "reconstruction.png").is_file() and (tmp_path / "segments" / "segments.json").is_file()
