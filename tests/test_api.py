@@ -192,6 +192,14 @@ def test_clevrtex_pictures_are_prepared_as_the_clevrtex_reader(tmp_path):
     assert how.crop == (64, 24, 256, 216)
 
 
+def test_a_slot_attention_pth_gives_its_slots_as_loc_and_no_scale():
+    model = emorl.load(GOLDEN / "slot_attention_tetrominoes.pth", config="slot_attention_tetrominoes", device="cpu")
+    result = model.segment(pictures(2))
+    assert result.scale is None and result[0].scale is None and "scale" not in result.to_torch()
+    assert result.loc.shape == (2, 4, 32) and result.masks.shape == (2, 4, 35, 35)
+    np.testing.assert_allclose(result.masks.sum(1), 1.0, atol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------- bad input
 
 

@@ -18,6 +18,7 @@ InputsArg = Annotated[
         help="Pictures: image files, folders (the pictures in them), globs ('photos/*.jpg') or .h5 files "
         "(FILE.h5 is its test group, FILE.h5:train another).",
         show_default=False,
+        metavar="INPUT",
     ),
 ]
 

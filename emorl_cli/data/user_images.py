@@ -124,8 +124,10 @@ def _h5_sources(path: Path, group: Optional[str]) -> list[PictureSource]:
 def _folder_files(folder: Path) -> list[Path]:
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in PICTURE_SUFFIXES)
     if not files:
+        h5 = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in H5_SUFFIXES)
+        tip = f" (it holds {', '.join(h5[:3])}: give .h5 files themselves as inputs)" if h5 else ""
         raise DataError(
-            f"folder {folder} holds no pictures ({', '.join(PICTURE_SUFFIXES)}); give a folder of images, "
+            f"folder {folder} holds no pictures ({', '.join(PICTURE_SUFFIXES)}){tip}; give a folder of images, "
             "image files, a glob such as 'photos/*.png' or an .h5 file"
         )
     return files
