@@ -255,6 +255,24 @@ class TrainingConfig(_Section):
         description="Wall-clock budget of the run in minutes, summed over resumes (evaluation included); "
         "training stops at whichever comes first, this or `iters`. null: no budget.",
     )
+    log_with: list[str] = Field(
+        default_factory=lambda: ["tensorboard"],
+        description="Experiment trackers the training scalars, evaluation rows, figures and config go to, through "
+        "Accelerate: tensorboard (in RUN/tb), wandb, mlflow, comet_ml, aim, clearml, dvclive, … (each needs its "
+        "own package); [] for metrics.jsonl only, which is always written.",
+    )
+
+    @field_validator("log_with", mode="before")
+    @classmethod
+    def _tracker_names(cls, v: Any) -> Any:
+        if v is None or (isinstance(v, str) and v.strip().lower() in ("", "none", "[]")):
+            return []
+        if isinstance(v, str):  # --set training.log_with=wandb,mlflow
+            v = v.split(",")
+        if isinstance(v, (list, tuple)):
+            names = [str(n).strip() for n in v if str(n).strip()]
+            return list(dict.fromkeys(names))  # each once, in the order given
+        return v
 
     @field_validator("refinement_curriculum")
     @classmethod

@@ -28,6 +28,8 @@ LAYERS = {
     "experiments": 1,
     "gpu_check": 1,
     "pictures": 1,
+    "segment": 1,
+    "api": 1,
     # engines
     "training": 2,
     "evaluate": 2,
@@ -68,6 +70,9 @@ SAME_LAYER = {
     ("original_config", "config"),
     ("original_config", "errors"),
 }
+# the package's public API: `emorl_cli.load` imports `emorl_cli.api` inside the function, on first use, so
+# `import emorl_cli` (which every module may do, for the version) loads nothing of the layers above
+PUBLIC_API = {"emorl_cli.api"}
 # units whose job is narrower than their layer: viz draws arrays, model is nn.Modules over config
 ONLY = {"viz": {"errors", "files", ROOT}, "model": {"config", "errors", ROOT}}
 
@@ -113,8 +118,22 @@ def imports_of(path: Path, modules: dict[str, Path]) -> list[Import]:
 
 
 def all_imports() -> list[Import]:
+    """Every import between emorl_cli modules, but the package root's lazy import of its public API (held
+    by `test_the_package_root_loads_its_public_api_only_when_called`)."""
     modules = known_modules()
-    return [imp for path in modules.values() for imp in imports_of(path, modules)]
+    found = [imp for path in modules.values() for imp in imports_of(path, modules)]
+    return [imp for imp in found if not (imp.source == ROOT and imp.target in PUBLIC_API)]
+
+
+def test_the_package_root_loads_its_public_api_only_when_called():
+    """`emorl_cli/__init__.py` imports no emorl_cli module at import time, and inside functions only the API."""
+    path = PACKAGE / "__init__.py"
+    tree = ast.parse(path.read_text())
+    at_import = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom)) and "emorl_cli" in ast.dump(n)]
+    assert not at_import, "emorl_cli/__init__.py imports emorl_cli modules when the package is imported"
+    inside = {imp.target for imp in imports_of(path, known_modules())}
+    assert inside <= PUBLIC_API, f"emorl_cli/__init__.py imports {sorted(inside - PUBLIC_API)}; only {PUBLIC_API}"
+    assert inside, "emorl_cli.load should import emorl_cli.api"
 
 
 def unit(module: str) -> str:

@@ -19,6 +19,7 @@ from emorl_cli.cli import (
     experiments_cmd,
     models_cmd,
     pictures_cmd,
+    segment_cmd,
     train_cmd,
 )
 from emorl_cli.cli.console import debug_enabled, err_console, show_library_notes
@@ -115,6 +116,7 @@ app.add_typer(
 )
 app.command("gifs")(pictures_cmd.gifs)
 app.command("viz")(pictures_cmd.viz)
+app.command("segment")(segment_cmd.segment)
 app.command("tune-geco")(demo_cmd.tune_geco)
 app.command("demo")(demo_cmd.demo)
 app.command("sweep")(experiments_cmd.sweep)

@@ -12,7 +12,7 @@ from rich.live import Live
 from rich.table import Table
 
 from emorl_cli.cli.console import console, err_console, is_interactive, print_table
-from emorl_cli.cli.options import ConfigArg, DataDirOpt, SetOpt
+from emorl_cli.cli.options import ConfigArg, DataDirOpt, LogWithOpt, SetOpt, log_with_overrides
 from emorl_cli.errors import EmorlError, InputError
 
 STATE_STYLE = {
@@ -78,13 +78,18 @@ def sweep(
         Optional[float], typer.Option("--minutes", "-m", help="Wall-clock budget per run (training.max_minutes).")
     ] = None,
     data_dir: DataDirOpt = None,
+    log_with: LogWithOpt = None,
 ) -> None:
     """Train every combination of --seeds and --grid values, --jobs at a time; rerun to resume.
 
     Example: emorl sweep demo --seeds 1-4 --grid training.lr=7e-4,1e-3 --minutes 15 --out sweeps/lr --jobs 2
     """
+    from emorl_cli.config import load_config
     from emorl_cli.experiments.sweep import plan_sweep, run_sweep
+    from emorl_cli.training.trackers import check_trackers
 
+    overrides = (overrides or []) + log_with_overrides(log_with)
+    check_trackers(load_config(config, overrides).training.log_with)  # before any run starts
     if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
         raise InputError(f"--minutes must be a positive number, got {minutes}; e.g. --minutes 15")
     plan = plan_sweep(

@@ -80,3 +80,19 @@ BackoffOpt = Annotated[
         "--backoff", help="Seconds before the first retry (doubles each time).", callback=in_range("seconds", 0.0)
     ),
 ]
+
+# Experiment trackers of `train` and `sweep` (training.log_with).
+LogWithOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--log-with",
+        help="Experiment trackers, comma-separated: tensorboard, wandb, mlflow, comet_ml, aim, clearml, dvclive "
+        "(sets training.log_with; each needs its package); none: metrics.jsonl only.",
+        metavar="TRACKERS",
+    ),
+]
+
+
+def log_with_overrides(log_with: Optional[str]) -> list[str]:
+    """--log-with wandb,mlflow → the override training.log_with=wandb,mlflow (none given: no override)."""
+    return [] if log_with is None else [f"training.log_with={log_with}"]

@@ -11,7 +11,7 @@ import typer
 from typer.core import TyperCommand
 
 from emorl_cli.cli.console import console
-from emorl_cli.cli.options import ConfigArg, DataDirOpt, OutOpt, SetOpt
+from emorl_cli.cli.options import ConfigArg, DataDirOpt, LogWithOpt, OutOpt, SetOpt, log_with_overrides
 from emorl_cli.cli.progress import TrainingDisplay
 from emorl_cli.config import load_config, resolve_config_path
 
@@ -52,6 +52,7 @@ def train(
         ),
     ] = None,
     cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even when a GPU is present.")] = False,
+    log_with: LogWithOpt = None,
     record_ranks: Annotated[
         bool, typer.Option("--record-ranks", hidden=True, help="Write per-process sample indices and GECO state.")
     ] = False,
@@ -62,7 +63,7 @@ def train(
     """
     from emorl_cli.training.loop import train as run_training
 
-    cfg = load_config(config, overrides)
+    cfg = load_config(config, (overrides or []) + log_with_overrides(log_with))
     run_dir = Path(resume) if resume not in (None, USE_OUT_FOLDER) else (out or default_run_dir(config))
     result = run_training(
         cfg,

@@ -37,9 +37,10 @@ from emorl_cli.training.periodic_eval import BEST_NAME, PeriodicEvaluation
 from emorl_cli.training.precision import check_supported
 from emorl_cli.training.progress import ProgressReporter, TrainingProgress
 from emorl_cli.training.run_lock import lock_run_folder
-from emorl_cli.training.run_logs import MetricsLog, TensorBoardLog
+from emorl_cli.training.run_logs import MetricsLog
 from emorl_cli.training.rundir import RunDir
 from emorl_cli.training.step import NonFiniteLoss, Scalars, StepRunner
+from emorl_cli.training.trackers import RunTrackers, check_trackers
 
 
 @dataclass
@@ -89,6 +90,7 @@ class Trainer:
         minutes = cfg.training.max_minutes
         self.max_seconds = max_seconds if max_seconds is not None else (minutes * 60.0 if minutes else None)
         self.seconds_before = 0.0  # wall time of the run before this session (resumed runs)
+        check_trackers(cfg.training.log_with)  # a tracker's missing package stops the run before it starts
         # one run per folder: a second `train` (or `--resume`) on it while this one runs is refused
         self._lock = lock_run_folder(self.run_dir.root, self.accelerator, (self.run_dir.checkpoints,))
         try:
@@ -196,11 +198,11 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         return path
 
-    def _log_images(self, step: int, images: torch.Tensor, tb: TensorBoardLog) -> None:
+    def _log_images(self, step: int, images: torch.Tensor, trackers: RunTrackers) -> None:
         model = self.runner.model
         model.eval()
         with torch.no_grad():
-            tb.image(step, "inference", training_figure(model, images[:4], self.cfg))
+            trackers.image(step, "train/inference", training_figure(model, images[:4], self.cfg))
         model.train()
 
     # ---------------------------------------------------------------------------------------- run
@@ -208,7 +210,11 @@ class Trainer:
     def run(self) -> TrainResult:
         t = self.cfg.training
         metrics = MetricsLog(self.run_dir.metrics)
-        tb = TensorBoardLog(inner_folder(self.run_dir.root, self.run_dir.tensorboard.name) if self.main else None)
+        try:
+            trackers = self._start_trackers()
+        except BaseException:
+            self.release()
+            raise
         started = time.perf_counter()
         scalars: Scalars = {}
         last_eval: Optional[dict[str, Any]] = None
@@ -234,12 +240,12 @@ class Trainer:
                         logged = self.runner.read(scalars)  # on every process: all stop on a non-finite loss
                         if self.main:
                             metrics.write(step, {**logged, "seconds": self._seconds(started)})
-                            tb.scalars(step, logged)
+                            trackers.scalars(step, logged, prefix="train")
                     if self.main and step % t.image_every == 0:
-                        self._log_images(step, images, tb)
+                        self._log_images(step, images, trackers)
                     stopping = done == t.iters or self._out_of_time(started)
                     if self.evaluation.due(done, stopping):
-                        last_eval = self._evaluate(done, started, metrics, tb)
+                        last_eval = self._evaluate(done, started, metrics, trackers)
                         progress.evaluated(last_eval)
                     progress.update(step, logged["loss"] if logged else None)
                     if done % t.checkpoint_every == 0 or done == t.iters:
@@ -257,7 +263,7 @@ class Trainer:
             keep = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
             raise TrainingError(f"{exc} (stopped at step {step + 1}; {keep}, continue with --resume)") from None
         finally:
-            tb.close()
+            trackers.finish()
             if self.runner.world > 1:
                 self.accelerator.end_training()
             if self.record_ranks and self.runner.geco is not None:
@@ -280,13 +286,19 @@ class Trainer:
         """Wall time of the run so far, earlier sessions of a resumed run included."""
         return self.seconds_before + time.perf_counter() - started
 
-    def _evaluate(self, done: int, started: float, metrics: MetricsLog, tb: TensorBoardLog) -> dict[str, Any]:
+    def _start_trackers(self) -> RunTrackers:
+        """The trackers of training.log_with (trackers.py), on the main process; none elsewhere."""
+        if not self.main:
+            return RunTrackers()
+        return RunTrackers.start(self.cfg.training.log_with, self.run_dir.root, config_to_dict(self.cfg))
+
+    def _evaluate(self, done: int, started: float, metrics: MetricsLog, trackers: RunTrackers) -> dict[str, Any]:
         """Score the weights after `done` updates on the test split; log the row (main process)."""
         self.runner.check_finite()  # never score (or keep as best.pt) weights a non-finite loss has touched
         row = self.evaluation(self.runner.model, self.runner.geco, done)
         if self.main:
             metrics.write(done, {**row, "seconds": self._seconds(started)})
-            tb.scalars(done, {k: v for k, v in row.items() if isinstance(v, float)}, prefix="eval")
+            trackers.scalars(done, {k: v for k, v in row.items() if isinstance(v, float)}, prefix="eval")
         return row
 
     def _mark_finished(self, done: int, started: float) -> None:

@@ -1,4 +1,5 @@
-"""Run logs: `metrics.jsonl` (one JSON object per logged step) and TensorBoard scalars and images.
+"""Run logs: `metrics.jsonl`, one JSON object per logged step (the trackers — TensorBoard, W&B, … — get the same
+numbers through trackers.py).
 
 metrics.jsonl holds two kinds of rows:
 
@@ -17,8 +18,6 @@ import json
 import logging
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from emorl_cli.files import atomic_write_text, is_write_error, open_for_writing, write_error
 from emorl_cli.json_input import JsonProblem, loads_strict
@@ -90,30 +89,3 @@ class MetricsLog:
         if self.path.exists():
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         return kept
-
-
-class TensorBoardLog:
-    """TensorBoard scalars and images of the main process (a no-op elsewhere)."""
-
-    def __init__(self, folder: Path | None):
-        self._writer = None
-        if folder is not None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._writer = SummaryWriter(str(folder))
-
-    def scalars(self, step: int, scalars: dict[str, float], prefix: str = "train") -> None:
-        if self._writer is None:
-            return
-        for name, value in scalars.items():
-            self._writer.add_scalar(f"{prefix}/{name}", value, step)
-
-    def image(self, step: int, name: str, image: np.ndarray) -> None:
-        """`image` is uint8 [H, W, 3]."""
-        if self._writer is not None:
-            self._writer.add_image(f"train/{name}", image, step, dataformats="HWC")
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.flush()
-            self._writer.close()
