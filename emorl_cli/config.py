@@ -35,6 +35,11 @@ SIZE_LIMITS: dict[str, tuple[int, str]] = {
     "refinement_iters": (64, "refinement steps; the paper uses at most 3, and each one decodes every slot again"),
     "image_side": (1024, "pixels per side; the paper uses at most 128, and memory grows with H·W"),
 }
+# Seeds: what numpy's legacy generators, torch and the .h5 attributes all accept (an unsigned 32-bit integer).
+SEED_MAX = 2**32 - 1
+# log σ of the image likelihood: σ from about 4.5e-5 to 7.4 on pixels in [0, 1]; outside it the loss is
+# dominated by the constant (σ → 0) or the image is invisible to it (σ ≫ 1). The paper uses log 0.1 to log 0.3.
+LOG_SCALE_RANGE = (-10.0, 2.0)
 
 
 def check_at_most(value: int, limit_name: str) -> int:
@@ -109,7 +114,11 @@ class ModelConfig(_Section):
         3, ge=0, description="I: iterative-amortized refinement steps at test time (training uses the curriculum)."
     )
     log_scale: float = Field(
-        math.log(0.1), description="log σ of the image likelihood; σ = exp(log_scale) is global and fixed."
+        math.log(0.1),
+        ge=LOG_SCALE_RANGE[0],
+        le=LOG_SCALE_RANGE[1],
+        description="log σ of the image likelihood; σ = exp(log_scale) is global and fixed (−10 to 2: σ from "
+        "4.5e-5 to 7.4 on pixels in [0, 1]).",
     )
     image_likelihood: Literal["gaussian", "gmm"] = Field(
         "gaussian", description="Pixel likelihood: Gaussian around the mask-weighted mean, or a mixture (GMM)."
@@ -241,7 +250,7 @@ class TrainingConfig(_Section):
         False, description="Wrap the encoder, decoder and refinement networks with torch.compile (slow first steps)."
     )
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes (batches are pinned on a GPU).")
-    seed: int = Field(1, description="Random seed of the run.")
+    seed: int = Field(1, ge=0, le=SEED_MAX, description=f"Random seed of the run (0 to {SEED_MAX}).")
     eval_every: int = Field(
         0,
         ge=0,

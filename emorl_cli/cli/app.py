@@ -22,7 +22,7 @@ from emorl_cli.cli import (
     train_cmd,
 )
 from emorl_cli.cli.console import debug_enabled, err_console, show_library_notes
-from emorl_cli.cli.options import in_range
+from emorl_cli.cli.options import threads_check
 from emorl_cli.errors import EmorlError
 from emorl_cli.files import is_write_error, write_error
 
@@ -85,7 +85,7 @@ def _root(
         Optional[int],
         typer.Option(
             "--threads",
-            callback=in_range("CPU threads", 1),
+            callback=threads_check(),
             help="CPU threads for torch (default: one per core). On a machine shared with other jobs, 1 can be "
             "several times faster.",
         ),

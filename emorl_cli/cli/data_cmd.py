@@ -20,7 +20,7 @@ from rich.progress import Progress as RichBar
 from rich.table import Table
 
 from emorl_cli.cli.console import console, err_console, is_interactive, print_table
-from emorl_cli.cli.options import BackoffOpt, RetriesOpt, TimeoutOpt, in_range
+from emorl_cli.cli.options import BackoffOpt, RetriesOpt, TimeoutOpt, image_side_check, in_range, seed_check
 from emorl_cli.data.progress import human_bytes
 from emorl_cli.data.registry import (
     CLEVRTEX_BASE_URL,
@@ -175,7 +175,9 @@ def synth(
     test: Annotated[
         int, typer.Option("--test", help="Test images (0: no test file).", callback=in_range("images", 0))
     ] = 1_000,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same files.")] = 0,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Random seed; the same seed gives the same files.", callback=seed_check())
+    ] = 0,
     force: Annotated[bool, typer.Option("--force", help="Replace files that already exist.")] = False,
 ) -> None:
     """Generate a synthetic Tetrominoes or Multi-dSprites set in the Zenodo layout and file names.
@@ -218,7 +220,10 @@ def _train_command(path: Path, size: int, entities: Optional[int]) -> str:
 def import_images(
     folder: Annotated[Path, typer.Argument(help="Folder of PNG or JPEG pictures (any size).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The .h5 file to write (both splits, train and test).")],
-    size: Annotated[int, typer.Option("--size", help="Side S of the square images stored, in pixels.")] = 64,
+    size: Annotated[
+        int,
+        typer.Option("--size", help="Side S of the square images stored, in pixels.", callback=image_side_check()),
+    ] = 64,
     masks: Annotated[
         Optional[Path],
         typer.Option(
@@ -229,7 +234,7 @@ def import_images(
     split_test: Annotated[
         float, typer.Option("--split-test", help="Share of the images kept for the test split, in (0, 1).")
     ] = 0.1,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the train/test split.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the train/test split.", callback=seed_check())] = 0,
     force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
 ) -> None:
     """Pack a folder of pictures (and label masks) into an .h5 file to train on with the `custom` config.
