@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from typing import Annotated, NoReturn, Optional
 
 import click
@@ -19,6 +20,7 @@ from emorl_cli.cli import (
     experiments_cmd,
     models_cmd,
     pictures_cmd,
+    stopping,
     train_cmd,
 )
 from emorl_cli.cli.console import debug_enabled, err_console, show_library_notes
@@ -31,13 +33,28 @@ DEBUG_KEY = "emorl.debug"
 
 class EmorlGroup(TyperGroup):
     """Turns every `EmorlError` raised below into one red line and exit code 1 — and so an OSError that
-    says a place cannot be written (a full disk, a read-only folder) which no library call caught first."""
+    says a place cannot be written (a full disk, a read-only folder) which no library call caught first.
+    A command stopped by a signal (`stopping.py`) ends with one line saying what was kept and how to go on,
+    and the signal's exit code (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP)."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            signum = exc.signum if isinstance(exc, stopping.Stopped) else signal.SIGINT
+            self._stop(ctx, exc, stopping.stop_message(signum), signum)
         except (EmorlError, OSError) as exc:
+            signum = stopping.received()
+            if signum is not None:  # the library turned the stop into its own account (a sweep's runs)
+                self._stop(ctx, exc, f"stopped by {signal.Signals(signum).name}; {exc}", signum)
             self._fail(ctx, exc)
+
+    @staticmethod
+    def _stop(ctx: click.Context, exc: BaseException, line: str, signum: int) -> NoReturn:
+        if debug_enabled() or ctx.meta.get(DEBUG_KEY):
+            raise exc
+        err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(128 + int(signum)) from None
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         """The group's own options (`--threads 0`) are checked while parsing, before `invoke`."""
@@ -130,5 +147,6 @@ app.add_typer(
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: stop signals unwind the command as Ctrl-C does (`stopping.py`)."""
+    stopping.install()
     app()

@@ -19,6 +19,7 @@ from rich.progress import (
 from rich.progress import Progress as RichBar
 from rich.table import Table
 
+from emorl_cli.cli import stopping
 from emorl_cli.cli.console import console, err_console, is_interactive, print_table
 from emorl_cli.cli.options import BackoffOpt, RetriesOpt, TimeoutOpt, image_side_check, in_range, seed_check
 from emorl_cli.data.progress import human_bytes
@@ -123,6 +124,12 @@ def fetch(
     """
     if zenodo == clevrtex:
         raise InputError("give one source: --zenodo (the EfficientMORL .h5 files) or --clevrtex")
+    stopping.on_stop(
+        lambda: (
+            f"the verified files in {dest} are kept and a partial download resumes where it stopped; run "
+            f"`{stopping.rerun_command()}` again"
+        )
+    )
     transfer = {"retries": retries, "backoff_s": backoff, "timeout_s": timeout, "recheck": recheck}
     if zenodo:
         from emorl_cli.data.zenodo import FetchOptions, fetch_zenodo
@@ -186,8 +193,17 @@ def synth(
 
     Example: emorl data synth tetrominoes --out data/synth --train 10000 --test 1000 --seed 0
     """
+    from emorl_cli.data.registry import DATASETS
     from emorl_cli.data.synth import synthesize
 
+    def kept() -> str:
+        names = [DATASETS[name.value].file_for(s) for s, n in (("train", train), ("test", test)) if n > 0]
+        done = [f for f in names if (out / f).is_file()]
+        which = f"{', '.join(done)} in {out} (whole, in its manifest)" if done else f"no file in {out}"
+        again = stopping.rerun_command("--force")
+        return f"kept {which}, the file being written was discarded; write them with `{again}`"
+
+    stopping.on_stop(kept)
     files = synthesize(name.value, out, train, test, seed, force=force, progress=RichProgress())
     for f in files:
         console.print(

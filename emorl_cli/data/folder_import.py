@@ -31,6 +31,7 @@ from emorl_cli.data.h5 import atomic_h5
 from emorl_cli.data.manifest import Manifest, md5_file
 from emorl_cli.data.picture_files import open_picture
 from emorl_cli.data.progress import NullProgress, Progress
+from emorl_cli.data.space import check_disk_space
 from emorl_cli.errors import DataError, InputError
 from emorl_cli.locks import lock_folder
 
@@ -251,6 +252,8 @@ def import_folder(
         shown = ", ".join(ignored[:5]) + (" …" if len(ignored) > 5 else "")
         progress.note(f"left out {len(ignored)} file(s) of {folder} that are not PNG or JPEG: {shown}")
     train_idx, test_idx = split_indices(len(stems), test_fraction, seed)
+    # S×S×3 bytes per image (the masks, one byte per entity and pixel, come on top)
+    check_disk_space(out.parent, len(stems) * size * size * 3, f"{len(stems):,} images of {size}x{size}", "--size")
     # one writer per folder: two imports into one folder would race on its manifest (and on `out`)
     with lock_folder(out.parent, "emorl data import", advice="wait for it to finish, or write into another folder"):
         if out.exists() and not force:
