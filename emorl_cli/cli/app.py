@@ -24,7 +24,7 @@ from emorl_cli.cli import (
     train_cmd,
 )
 from emorl_cli.cli.console import debug_enabled, err_console, show_library_notes
-from emorl_cli.cli.options import threads_check
+from emorl_cli.cli.options import THREADS_KEY, threads_check
 from emorl_cli.errors import EmorlError
 from emorl_cli.files import is_write_error, write_error
 
@@ -109,6 +109,7 @@ def _root(
     ] = None,
 ) -> None:
     ctx.meta[DEBUG_KEY] = debug
+    ctx.meta[THREADS_KEY] = threads  # the sweep passes it on to every run it starts
     show_library_notes()
     if threads is not None:
         import torch

@@ -218,18 +218,21 @@ def synth(
 
 
 def _train_command(path: Path, size: int, entities: Optional[int]) -> str:
-    """The `emorl train custom …` line that trains on an imported file (only the fields that differ)."""
-    from emorl_cli.config import load_config
+    """The `emorl train custom …` line that trains on an imported file (only the fields that differ), quoted
+    for a shell; model.K is what the masks need, at most the limit of slots a model may have."""
+    import shlex
+
+    from emorl_cli.config import SIZE_LIMITS, load_config
 
     template = load_config("custom")
     sets = [f"data.data_dir={path.parent}"] if path.parent != template.data.data_dir else []
     if path.name != template.data.train_file or path.name != template.data.test_file:
         sets += [f"data.train_file={path.name}", f"data.test_file={path.name}"]
     if size != template.data.image_size:
-        sets += [f"data.image_size={size}", f"'model.input_size=[3,{size},{size}]'"]
+        sets += [f"data.image_size={size}", f"model.input_size=[3,{size},{size}]"]
     if entities is not None and entities > template.model.K:
-        sets.append(f"model.K={entities}")
-    return " ".join(["emorl train custom", *(f"--set {item}" for item in sets)])
+        sets.append(f"model.K={min(entities, SIZE_LIMITS['K'][0])}")
+    return shlex.join(["emorl", "train", "custom", *(arg for item in sets for arg in ("--set", item))])
 
 
 @app.command("import")
@@ -260,6 +263,7 @@ def import_images(
 
     Example: emorl data import photos/ --out data/custom.h5 --size 64 --masks labels/
     """
+    from emorl_cli.config import SIZE_LIMITS
     from emorl_cli.data.folder_import import import_folder
 
     result = import_folder(
@@ -274,7 +278,16 @@ def import_images(
         highlight=False,
     )
     console.print(f"manifest: {result.path.parent / MANIFEST_NAME}", soft_wrap=True, highlight=False)
-    if result.entities:
+    limit = SIZE_LIMITS["K"][0]
+    if result.entities and result.entities > limit:
+        console.print(
+            f"the masks hold up to {result.entities} entities, more than the {limit} slots a model may have: "
+            f"train with model.K={limit}; FG-ARI is scored with a note (no image with more than {limit} entities "
+            "can score 1)",
+            soft_wrap=True,
+            highlight=False,
+        )
+    elif result.entities:
         console.print(f"model.K must be at least {result.entities}", highlight=False)
     else:
         console.print(

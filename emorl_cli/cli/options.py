@@ -18,6 +18,8 @@ from emorl_cli.errors import InputError
 # threads stop at a few per logical CPU (beyond, they only contend, and a huge count crashes the process);
 # a traversal has at most MAX_FRAMES frames (the original draws 8; a GIF of 1000 frames plays for minutes).
 MAX_THREADS = 4 * (os.cpu_count() or 1)
+# Where the global `emorl --threads N` is kept for the commands below it (click's context meta).
+THREADS_KEY = "emorl.threads"
 MAX_FRAMES = 1000
 # Images per forward pass: far above what fits a GPU at the paper's sizes (memory is estimated as well).
 MAX_BATCH = 65536
