@@ -190,3 +190,28 @@ def test_pillow_warnings_never_reach_the_user_raw(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
     assert "DecompressionBombWarning" not in result.output
+
+
+# ------------------------------------------------------------------------------ room on the disk
+
+
+def test_data_synth_refuses_counts_the_disk_cannot_hold_before_writing(tmp_path, monkeypatch):
+    from emorl_cli.data import space
+
+    monkeypatch.setattr(space.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 50_000_000})())
+    out = tmp_path / "synth"
+    line = one_error_line(invoke("data", "synth", "tetrominoes", "--out", out, "--train", 100_000, "--test", 10))
+    assert "100,000 training and 10 test images take about" in line and "50.0 MB free" in line
+    assert "lower --train or --test" in line
+    assert not out.exists()
+    assert invoke("data", "synth", "tetrominoes", "--out", out, "--train", 20, "--test", 4).exit_code == 0
+
+
+def test_data_import_refuses_a_size_the_disk_cannot_hold_before_reading_a_picture(tmp_path, monkeypatch):
+    from emorl_cli.data import space
+
+    pictures = _pictures(tmp_path / "pictures", 3, 40)
+    monkeypatch.setattr(space.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 1_000_000})())
+    line = one_error_line(invoke("data", "import", pictures, "--out", tmp_path / "x.h5", "--size", 1024))
+    assert "3 images of 1024x1024 take about 9.4 MB on disk" in line and "lower --size" in line
+    assert not (tmp_path / "x.h5").exists()
