@@ -316,7 +316,10 @@ def info(
         Optional[Path], typer.Option("--preview", help="Also write a PNG contact sheet of the first images.")
     ] = None,
     count: Annotated[
-        int, typer.Option("--count", help="Images on the contact sheet.", callback=in_range("images", 1))
+        int,
+        typer.Option(
+            "--count", help="Images on the contact sheet (at most 1024).", callback=in_range("images", 1, 1024)
+        ),
     ] = 16,
 ) -> None:
     """Describe an .h5 dataset file: groups, shapes, dtypes, entities, value ranges (and a preview PNG).

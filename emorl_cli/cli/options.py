@@ -10,7 +10,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from emorl_cli.config import SEED_MAX, SIZE_LIMITS
+from emorl_cli.config import BATCH_MAX, SEED_MAX, SIZE_LIMITS
 from emorl_cli.errors import InputError
 
 # The kinds of number options, each with its range (checked by `in_range` while the command line is parsed,
@@ -21,8 +21,7 @@ MAX_THREADS = 4 * (os.cpu_count() or 1)
 # Where the global `emorl --threads N` is kept for the commands below it (click's context meta).
 THREADS_KEY = "emorl.threads"
 MAX_FRAMES = 1000
-# Images per forward pass: far above what fits a GPU at the paper's sizes (memory is estimated as well).
-MAX_BATCH = 65536
+MAX_BATCH = BATCH_MAX  # images per forward pass (see config.py)
 
 
 def _shown(value: float) -> str:

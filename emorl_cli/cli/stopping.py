@@ -85,4 +85,5 @@ def stop_message(signum: int) -> str:
         explained = _explain() if _explain is not None else ""
     except Exception:  # the message must never fail the exit
         explained = ""
-    return f"stopped by {name}; " + (explained or f"nothing was kept; run `{rerun_command()}` again")
+    default = f"every file it wrote is whole (written beside its name, then renamed); run `{rerun_command()}` again"
+    return f"stopped by {name}; {explained or default}"
