@@ -109,6 +109,7 @@ def _root(
     ] = None,
 ) -> None:
     ctx.meta[DEBUG_KEY] = debug
+    stopping.begin()
     ctx.meta[THREADS_KEY] = threads  # the sweep passes it on to every run it starts
     show_library_notes()
     if threads is not None:

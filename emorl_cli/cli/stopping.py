@@ -39,10 +39,15 @@ def _raise(signum: int, frame: object) -> None:
     raise Stopped(signum)
 
 
-def install() -> None:
-    """Turn SIGINT, SIGTERM and SIGHUP into `Stopped` in this process (the main thread only)."""
+def begin() -> None:
+    """Forget the signal and the explanation of an earlier command run in this process."""
     global _received, _explain
     _received, _explain = None, None
+
+
+def install() -> None:
+    """Turn SIGINT, SIGTERM and SIGHUP into `Stopped` in this process (the main thread only)."""
+    begin()
     for signum in STOP_SIGNALS:
         try:
             signal.signal(signum, _raise)
