@@ -53,7 +53,10 @@ class EmorlGroup(TyperGroup):
     def _stop(ctx: click.Context, exc: BaseException, line: str, signum: int) -> NoReturn:
         if debug_enabled() or ctx.meta.get(DEBUG_KEY):
             raise exc
-        err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+        try:
+            err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+        except OSError:  # the terminal is gone (SIGHUP): the exit code still says why
+            pass
         raise typer.Exit(128 + int(signum)) from None
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
