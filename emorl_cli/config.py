@@ -233,7 +233,10 @@ class TrainingConfig(_Section):
     """Optimisation (the original's train.py semantics)."""
 
     batch_size: int = Field(
-        32, gt=0, le=BATCH_MAX, description="Global batch size, split evenly across processes (at most 65,536)."
+        32,
+        gt=0,
+        description="Global batch size, split evenly across processes (refused when its memory estimate exceeds "
+        "the free memory).",
     )
     iters: int = Field(gt=0, description="Number of gradient steps.")
     lr: float = Field(4e-4, gt=0, description="Adam learning rate after warm-up.")

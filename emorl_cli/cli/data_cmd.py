@@ -282,7 +282,7 @@ def import_images(
     if result.entities and result.entities > limit:
         console.print(
             f"the masks hold up to {result.entities} entities, more than the {limit} slots a model may have: "
-            f"train with model.K={limit}; FG-ARI is scored with a note (no image with more than {limit} entities "
+            f"train with model.K={limit}; FG-ARI is scored with a note (no image with more than {limit} objects "
             "can score 1)",
             soft_wrap=True,
             highlight=False,
