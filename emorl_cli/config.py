@@ -35,6 +35,16 @@ SIZE_LIMITS: dict[str, tuple[int, str]] = {
     "refinement_iters": (64, "refinement steps; the paper uses at most 3, and each one decodes every slot again"),
     "image_side": (1024, "pixels per side; the paper uses at most 128, and memory grows with H·W"),
 }
+# Images per batch (training, evaluation, --batch-size): far above what fits a GPU at the paper's sizes;
+# memory is estimated as well, this only stops a typo before any estimate is needed.
+BATCH_MAX = 65_536
+# DataLoader worker processes: one per core of a large machine; a typo (100000) would fork until it fails.
+WORKERS_MAX = 256
+# Seeds: what numpy's legacy generators, torch and the .h5 attributes all accept (an unsigned 32-bit integer).
+SEED_MAX = 2**32 - 1
+# log σ of the image likelihood: σ from about 4.5e-5 to 7.4 on pixels in [0, 1]; outside it the loss is
+# dominated by the constant (σ → 0) or the image is invisible to it (σ ≫ 1). The paper uses log 0.1 to log 0.3.
+LOG_SCALE_RANGE = (-10.0, 2.0)
 
 
 def check_at_most(value: int, limit_name: str) -> int:
@@ -109,7 +119,11 @@ class ModelConfig(_Section):
         3, ge=0, description="I: iterative-amortized refinement steps at test time (training uses the curriculum)."
     )
     log_scale: float = Field(
-        math.log(0.1), description="log σ of the image likelihood; σ = exp(log_scale) is global and fixed."
+        math.log(0.1),
+        ge=LOG_SCALE_RANGE[0],
+        le=LOG_SCALE_RANGE[1],
+        description="log σ of the image likelihood; σ = exp(log_scale) is global and fixed (−10 to 2: σ from "
+        "4.5e-5 to 7.4 on pixels in [0, 1]).",
     )
     image_likelihood: Literal["gaussian", "gmm"] = Field(
         "gaussian", description="Pixel likelihood: Gaussian around the mask-weighted mean, or a mixture (GMM)."
@@ -127,8 +141,10 @@ class ModelConfig(_Section):
     init_gain: float = Field(
         0.02,
         gt=0,
+        le=100,
         description="Gain of the Xavier-normal initialisation of the layers the original initialises that way "
-        "(0.02 in the paper; at 0.02 the image is invisible to the slots at first, which makes the start slow).",
+        "(0.02 in the paper; at 0.02 the image is invisible to the slots at first, which makes the start slow; "
+        "at most 100).",
     )
 
     encoder_width: int = Field(
@@ -216,7 +232,12 @@ class GecoConfig(_Section):
 class TrainingConfig(_Section):
     """Optimisation (the original's train.py semantics)."""
 
-    batch_size: int = Field(32, gt=0, description="Global batch size, split evenly across processes.")
+    batch_size: int = Field(
+        32,
+        gt=0,
+        description="Global batch size, split evenly across processes (refused when its memory estimate exceeds "
+        "the free memory).",
+    )
     iters: int = Field(gt=0, description="Number of gradient steps.")
     lr: float = Field(4e-4, gt=0, description="Adam learning rate after warm-up.")
     warmup: int = Field(10_000, ge=0, description="Linear learning-rate warm-up steps from 0.")
@@ -240,8 +261,10 @@ class TrainingConfig(_Section):
     compile: bool = Field(
         False, description="Wrap the encoder, decoder and refinement networks with torch.compile (slow first steps)."
     )
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes (batches are pinned on a GPU).")
-    seed: int = Field(1, description="Random seed of the run.")
+    num_workers: int = Field(
+        0, ge=0, le=WORKERS_MAX, description="DataLoader worker processes (batches are pinned on a GPU; at most 256)."
+    )
+    seed: int = Field(1, ge=0, le=SEED_MAX, description=f"Random seed of the run (0 to {SEED_MAX}).")
     eval_every: int = Field(
         0,
         ge=0,
@@ -320,7 +343,7 @@ class EvalConfig(_Section):
     """Defaults of `emorl eval`."""
 
     num_images: int = Field(320, gt=0, description="Test images to evaluate (the paper used 320).")
-    batch_size: int = Field(32, gt=0, description="Images per batch during evaluation.")
+    batch_size: int = Field(32, gt=0, le=BATCH_MAX, description="Images per batch during evaluation (at most 65,536).")
     samples: int = Field(1, gt=0, description="Stochastic inference passes per image.")
     refinement_iters: Optional[int] = Field(None, ge=0, description="I at test time; null uses model.refinement_iters.")
 

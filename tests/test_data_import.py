@@ -209,7 +209,7 @@ def _jpeg_mask(images: Path, labels: Path) -> None:
         (_wrong_mask_size, [], "is 48x31 pixels but its image pic_05.png is 48x30"),
         (_colour_mask, [], "is a colour image"),
         (_jpeg_mask, [], "is a JPEG"),
-        (None, ["--size", "0"], "--size must be a positive number of pixels, got 0"),
+        (None, ["--size", "0"], "--size must be at least 1 (pixels per side"),
         (None, ["--size", "-3"], "got -3"),
         (None, ["--split-test", "0"], "strictly between 0 and 1; got 0.0"),
         (None, ["--split-test", "1"], "strictly between 0 and 1; got 1.0"),

@@ -146,7 +146,7 @@ def test_an_interrupted_sweep_resumes_with_the_same_command(synth_dir, tmp_path)
         time.sleep(0.5)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 1 and "sweep interrupted" in stderr and "run the same command" in stderr
+    assert process.returncode == 130 and "sweep interrupted" in stderr and "run the same command" in stderr
     assert not RunDir(first).finished.exists()  # stopped, not finished
     stopped_at = int(RunDir(first).latest_checkpoint().stem.split("_")[1])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from typing import Annotated, NoReturn, Optional
 
 import click
@@ -20,10 +21,11 @@ from emorl_cli.cli import (
     models_cmd,
     pictures_cmd,
     segment_cmd,
+    stopping,
     train_cmd,
 )
 from emorl_cli.cli.console import debug_enabled, err_console, show_library_notes
-from emorl_cli.cli.options import in_range
+from emorl_cli.cli.options import THREADS_KEY, threads_check
 from emorl_cli.errors import EmorlError
 from emorl_cli.files import is_write_error, write_error
 
@@ -32,13 +34,31 @@ DEBUG_KEY = "emorl.debug"
 
 class EmorlGroup(TyperGroup):
     """Turns every `EmorlError` raised below into one red line and exit code 1 — and so an OSError that
-    says a place cannot be written (a full disk, a read-only folder) which no library call caught first."""
+    says a place cannot be written (a full disk, a read-only folder) which no library call caught first.
+    A command stopped by a signal (`stopping.py`) ends with one line saying what was kept and how to go on,
+    and the signal's exit code (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP)."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            signum = exc.signum if isinstance(exc, stopping.Stopped) else signal.SIGINT
+            self._stop(ctx, exc, stopping.stop_message(signum), signum)
         except (EmorlError, OSError) as exc:
+            signum = stopping.received()
+            if signum is not None:  # the library turned the stop into its own account (a sweep's runs)
+                self._stop(ctx, exc, f"stopped by {signal.Signals(signum).name}; {exc}", signum)
             self._fail(ctx, exc)
+
+    @staticmethod
+    def _stop(ctx: click.Context, exc: BaseException, line: str, signum: int) -> NoReturn:
+        if debug_enabled() or ctx.meta.get(DEBUG_KEY):
+            raise exc
+        try:
+            err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+        except OSError:  # the terminal is gone (SIGHUP): the exit code still says why
+            pass
+        raise typer.Exit(128 + int(signum)) from None
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         """The group's own options (`--threads 0`) are checked while parsing, before `invoke`."""
@@ -88,13 +108,15 @@ def _root(
         Optional[int],
         typer.Option(
             "--threads",
-            callback=in_range("CPU threads", 1),
+            callback=threads_check(),
             help="CPU threads for torch (default: one per core). On a machine shared with other jobs, 1 can be "
             "several times faster.",
         ),
     ] = None,
 ) -> None:
     ctx.meta[DEBUG_KEY] = debug
+    stopping.begin()
+    ctx.meta[THREADS_KEY] = threads  # the sweep passes it on to every run it starts
     show_library_notes()
     if threads is not None:
         import torch
@@ -134,5 +156,6 @@ app.add_typer(
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: stop signals unwind the command as Ctrl-C does (`stopping.py`)."""
+    stopping.install()
     app()

@@ -19,8 +19,9 @@ from rich.progress import (
 from rich.progress import Progress as RichBar
 from rich.table import Table
 
+from emorl_cli.cli import stopping
 from emorl_cli.cli.console import console, err_console, is_interactive, print_table
-from emorl_cli.cli.options import BackoffOpt, RetriesOpt, TimeoutOpt, in_range
+from emorl_cli.cli.options import BackoffOpt, RetriesOpt, TimeoutOpt, image_side_check, in_range, seed_check
 from emorl_cli.data.progress import human_bytes
 from emorl_cli.data.registry import (
     CLEVRTEX_BASE_URL,
@@ -123,6 +124,12 @@ def fetch(
     """
     if zenodo == clevrtex:
         raise InputError("give one source: --zenodo (the EfficientMORL .h5 files) or --clevrtex")
+    stopping.on_stop(
+        lambda: (
+            f"the verified files in {dest} are kept and a partial download resumes where it stopped; run "
+            f"`{stopping.rerun_command()}` again"
+        )
+    )
     transfer = {"retries": retries, "backoff_s": backoff, "timeout_s": timeout, "recheck": recheck}
     if zenodo:
         from emorl_cli.data.zenodo import FetchOptions, fetch_zenodo
@@ -186,7 +193,9 @@ def synth(
     test: Annotated[
         int, typer.Option("--test", help="Test images (0: no test file).", callback=in_range("images", 0))
     ] = 1_000,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same files.")] = 0,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Random seed; the same seed gives the same files.", callback=seed_check())
+    ] = 0,
     force: Annotated[bool, typer.Option("--force", help="Replace files that already exist.")] = False,
 ) -> None:
     """Generate a synthetic Tetrominoes or Multi-dSprites set in the Zenodo layout and file names.
@@ -195,8 +204,17 @@ def synth(
 
     Example: emorl data synth tetrominoes --out data/synth --train 10000 --test 1000 --seed 0
     """
+    from emorl_cli.data.registry import DATASETS
     from emorl_cli.data.synth import synthesize
 
+    def kept() -> str:
+        names = [DATASETS[name.value].file_for(s) for s, n in (("train", train), ("test", test)) if n > 0]
+        done = [f for f in names if (out / f).is_file()]
+        which = f"{', '.join(done)} in {out} (whole, in its manifest)" if done else f"no file in {out}"
+        again = stopping.rerun_command("--force")
+        return f"kept {which}, the file being written was discarded; write them with `{again}`"
+
+    stopping.on_stop(kept)
     files = synthesize(name.value, out, train, test, seed, force=force, progress=RichProgress())
     for f in files:
         console.print(
@@ -211,25 +229,31 @@ def synth(
 
 
 def _train_command(path: Path, size: int, entities: Optional[int]) -> str:
-    """The `emorl train custom …` line that trains on an imported file (only the fields that differ)."""
-    from emorl_cli.config import load_config
+    """The `emorl train custom …` line that trains on an imported file (only the fields that differ), quoted
+    for a shell; model.K is what the masks need, at most the limit of slots a model may have."""
+    import shlex
+
+    from emorl_cli.config import SIZE_LIMITS, load_config
 
     template = load_config("custom")
     sets = [f"data.data_dir={path.parent}"] if path.parent != template.data.data_dir else []
     if path.name != template.data.train_file or path.name != template.data.test_file:
         sets += [f"data.train_file={path.name}", f"data.test_file={path.name}"]
     if size != template.data.image_size:
-        sets += [f"data.image_size={size}", f"'model.input_size=[3,{size},{size}]'"]
+        sets += [f"data.image_size={size}", f"model.input_size=[3,{size},{size}]"]
     if entities is not None and entities > template.model.K:
-        sets.append(f"model.K={entities}")
-    return " ".join(["emorl train custom", *(f"--set {item}" for item in sets)])
+        sets.append(f"model.K={min(entities, SIZE_LIMITS['K'][0])}")
+    return shlex.join(["emorl", "train", "custom", *(arg for item in sets for arg in ("--set", item))])
 
 
 @app.command("import")
 def import_images(
     folder: Annotated[Path, typer.Argument(help="Folder of PNG or JPEG pictures (any size).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The .h5 file to write (both splits, train and test).")],
-    size: Annotated[int, typer.Option("--size", help="Side S of the square images stored, in pixels.")] = 64,
+    size: Annotated[
+        int,
+        typer.Option("--size", help="Side S of the square images stored, in pixels.", callback=image_side_check()),
+    ] = 64,
     masks: Annotated[
         Optional[Path],
         typer.Option(
@@ -240,7 +264,7 @@ def import_images(
     split_test: Annotated[
         float, typer.Option("--split-test", help="Share of the images kept for the test split, in (0, 1).")
     ] = 0.1,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the train/test split.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the train/test split.", callback=seed_check())] = 0,
     force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
 ) -> None:
     """Pack a folder of pictures (and label masks) into an .h5 file to train on with the `custom` config.
@@ -250,6 +274,7 @@ def import_images(
 
     Example: emorl data import photos/ --out data/custom.h5 --size 64 --masks labels/
     """
+    from emorl_cli.config import SIZE_LIMITS
     from emorl_cli.data.folder_import import import_folder
 
     result = import_folder(
@@ -264,7 +289,16 @@ def import_images(
         highlight=False,
     )
     console.print(f"manifest: {result.path.parent / MANIFEST_NAME}", soft_wrap=True, highlight=False)
-    if result.entities:
+    limit = SIZE_LIMITS["K"][0]
+    if result.entities and result.entities > limit:
+        console.print(
+            f"the masks hold up to {result.entities} entities, more than the {limit} slots a model may have: "
+            f"train with model.K={limit}; FG-ARI is scored with a note (no image with more than {limit} objects "
+            "can score 1)",
+            soft_wrap=True,
+            highlight=False,
+        )
+    elif result.entities:
         console.print(f"model.K must be at least {result.entities}", highlight=False)
     else:
         console.print(
@@ -293,7 +327,10 @@ def info(
         Optional[Path], typer.Option("--preview", help="Also write a PNG contact sheet of the first images.")
     ] = None,
     count: Annotated[
-        int, typer.Option("--count", help="Images on the contact sheet.", callback=in_range("images", 1))
+        int,
+        typer.Option(
+            "--count", help="Images on the contact sheet (at most 1024).", callback=in_range("images", 1, 1024)
+        ),
     ] = 16,
 ) -> None:
     """Describe an .h5 dataset file: groups, shapes, dtypes, entities, value ranges (and a preview PNG).

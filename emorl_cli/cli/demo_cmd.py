@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from emorl_cli.cli import stopping
 from emorl_cli.cli.console import console, err_console, print_table
 from emorl_cli.cli.options import ConfigArg, ConfigOpt, DataDirOpt, SetOpt
 from emorl_cli.cli.progress import TrainingDisplay
@@ -102,6 +103,21 @@ def demo(
         raise InputError(f"--minutes must be positive, got {minutes}; try --minutes {spec.minutes:g}")
     if out is None:
         out = Path("emorl-demo" if dataset == "tetrominoes" else f"emorl-demo-{dataset.replace('_', '-')}")
+
+    def kept() -> str:
+        from emorl_cli.training.rundir import RunDir
+
+        runs = sorted(out.glob("run-*"))
+        data = f"the data in {data_dir or out / 'data'} are kept (a rerun reuses them)"
+        if not runs:
+            return f"{data}; run `{stopping.rerun_command()}` again"
+        newest = RunDir(runs[-1]).latest_checkpoint()
+        if newest is None:
+            return f"{data}, {runs[-1]} has no checkpoint yet; run `{stopping.rerun_command()}` again"
+        show = stopping.rerun_command("--checkpoint", str(newest))
+        return f"{data}, the model trained so far in {newest}; show it with `{show}`, or run the demo again"
+
+    stopping.on_stop(kept)
     result = run_demo(
         out,
         dataset=dataset,

@@ -12,8 +12,9 @@ from rich.live import Live
 from rich.table import Table
 
 from emorl_cli.cli.console import console, err_console, is_interactive, print_table
-from emorl_cli.cli.options import ConfigArg, DataDirOpt, LogWithOpt, SetOpt, log_with_overrides
+from emorl_cli.cli.options import THREADS_KEY, ConfigArg, DataDirOpt, LogWithOpt, SetOpt, in_range, log_with_overrides
 from emorl_cli.errors import EmorlError, InputError
+from emorl_cli.experiments.sweep import MAX_RUNS
 
 STATE_STYLE = {
     "pending": "dim",
@@ -22,6 +23,7 @@ STATE_STYLE = {
     "skipped": "green",
     "failed": "bold red",
     "stopped": "red",
+    "held": "yellow",
 }
 
 
@@ -62,6 +64,7 @@ class _PlainStatus:
 
 
 def sweep(
+    ctx: typer.Context,
     config: ConfigArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="Sweep folder: one run folder per combination.")],
     seeds: Annotated[str, typer.Option("--seeds", help="Seeds, e.g. 1-4 or 1,2,5.")] = "1",
@@ -72,7 +75,13 @@ def sweep(
     overrides: SetOpt = None,
     jobs: Annotated[
         Optional[int],
-        typer.Option("--jobs", "-j", help="Runs at a time (default: one per GPU, else 1); CPU threads are split."),
+        typer.Option(
+            "--jobs",
+            "-j",
+            help="Runs at a time (default: one per GPU, else 1); CPU threads are split (`emorl --threads N "
+            "sweep …`: N threads each).",
+            callback=in_range("runs at a time", 1, MAX_RUNS),
+        ),
     ] = None,
     minutes: Annotated[
         Optional[float], typer.Option("--minutes", "-m", help="Wall-clock budget per run (training.max_minutes).")
@@ -90,6 +99,8 @@ def sweep(
 
     overrides = (overrides or []) + log_with_overrides(log_with)
     check_trackers(load_config(config, overrides).training.log_with)  # before any run starts
+    threads = ctx.meta.get(THREADS_KEY)  # the global `emorl --threads N` wins over the split of the cores
+
     if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
         raise InputError(f"--minutes must be a positive number, got {minutes}; e.g. --minutes 15")
     plan = plan_sweep(
@@ -101,6 +112,7 @@ def sweep(
         jobs=jobs,
         minutes=minutes,
         data_dir=data_dir,
+        threads=threads,
     )
     where = f"GPUs {','.join(plan.devices)}" if plan.devices else f"{plan.threads} CPU thread(s) each"
     err_console.print(
@@ -114,6 +126,14 @@ def sweep(
     else:
         statuses = run_sweep(plan, _PlainStatus())
         print_table(_status_table(statuses))
+    for s in statuses:
+        if s.state == "held":
+            err_console.print(
+                f"[yellow]note:[/] {s.spec.name} left to another process that trains it ({s.holder}); rerun "
+                "the sweep after it to see it finished",
+                highlight=False,
+                soft_wrap=True,
+            )
     failed = [s for s in statuses if s.state == "failed"]
     if failed:
         logs = ", ".join(str(s.log) for s in failed)
@@ -149,6 +169,10 @@ def report(
     if bad:
         raise InputError(f"--at-step and --at-minute take positive numbers, got {', '.join(bad)}")
     result = build_report(runs, marks)
+    if not result.settings:  # before --csv or --plot writes anything
+        for folder, reason in result.missing:
+            err_console.print(f"[yellow]missing:[/] {folder}: {reason}", highlight=False, soft_wrap=True)
+        raise InputError(f"none of the {len(result.missing)} runs has evaluation figures; nothing to report")
     if csv_path is not None:
         atomic_write_text(csv_path, to_csv(result))
     if plot is not None:
@@ -169,5 +193,3 @@ def report(
     for label, path in (("csv", csv_path), ("plot", plot)):
         if path is not None:
             err_console.print(f"{label}: {path}", highlight=False, soft_wrap=True)
-    if not result.settings:
-        raise InputError(f"none of the {len(result.missing)} runs has evaluation figures; nothing to report")

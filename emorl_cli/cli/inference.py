@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
+from emorl_cli.cli import stopping
 from emorl_cli.cli.options import (
     BatchSizeOpt,
     CheckpointOpt,
@@ -165,6 +166,13 @@ def inference_command(images: ImageCount, *, out_required: bool = False) -> Call
         @functools.wraps(command)
         def run(**options: Any) -> Any:
             opts = InferenceOptions(**{p.name: options.pop(p.name) for p in shared})
+            where = opts.out if opts.out is not None else "the output folder"
+            stopping.on_stop(
+                lambda: (
+                    f"no results were written to {where} (each file is written whole, results at the end); "
+                    f"run `{stopping.rerun_command()}` again"
+                )
+            )
             return command(opts, **options)
 
         run.__signature__ = inspect.Signature(  # type: ignore[attr-defined]

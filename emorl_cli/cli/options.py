@@ -3,14 +3,30 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
-from emorl_cli.config import SIZE_LIMITS
+from emorl_cli.config import BATCH_MAX, SEED_MAX, SIZE_LIMITS
 from emorl_cli.errors import InputError
+
+# The kinds of number options, each with its range (checked by `in_range` while the command line is parsed,
+# before any work): a seed is an unsigned 32-bit integer (numpy, torch and the .h5 files all take it); torch
+# threads stop at a few per logical CPU (beyond, they only contend, and a huge count crashes the process);
+# a traversal has at most MAX_FRAMES frames (the original draws 8; a GIF of 1000 frames plays for minutes).
+MAX_THREADS = 4 * (os.cpu_count() or 1)
+# Where the global `emorl --threads N` is kept for the commands below it (click's context meta).
+THREADS_KEY = "emorl.threads"
+MAX_FRAMES = 1000
+MAX_BATCH = BATCH_MAX  # images per forward pass (see config.py)
+
+
+def _shown(value: float) -> str:
+    """A number as the user typed it: integers in full (4294967296, not 4.29497e+09), floats short."""
+    return str(value) if isinstance(value, int) else f"{value:g}"
 
 
 def in_range(meaning: str, minimum: float, maximum: Optional[float] = None) -> Callable[..., Any]:
@@ -24,9 +40,9 @@ def in_range(meaning: str, minimum: float, maximum: Optional[float] = None) -> C
         if isinstance(value, float) and not math.isfinite(value):
             raise InputError(f"{name} must be a finite number ({meaning}), got {value}")
         if value < minimum:
-            raise InputError(f"{name} must be at least {minimum:g} ({meaning}), got {value:g}")
+            raise InputError(f"{name} must be at least {_shown(minimum)} ({meaning}), got {_shown(value)}")
         if maximum is not None and value > maximum:
-            raise InputError(f"{name} must be at most {maximum:g} ({meaning}), got {value:g}")
+            raise InputError(f"{name} must be at most {_shown(maximum)} ({meaning}), got {_shown(value)}")
         return value
 
     return check
@@ -52,10 +68,32 @@ OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Output fold
 CheckpointOpt = Annotated[
     Path, typer.Option("--checkpoint", help="An emorl checkpoint (.pt) or an original EfficientMORL .pth file.")
 ]
-SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed (defaults to the config's).")]
+
+
+def seed_check() -> Callable[..., Any]:
+    """The range of every --seed: 0 … SEED_MAX."""
+    return in_range(f"a random seed, 0 to {SEED_MAX}", 0, SEED_MAX)
+
+
+def threads_check() -> Callable[..., Any]:
+    """The range of every thread count: 1 … MAX_THREADS (a few per logical CPU of this machine)."""
+    return in_range(f"CPU threads; this machine has {os.cpu_count() or 1} logical CPUs", 1, MAX_THREADS)
+
+
+def image_side_check() -> Callable[..., Any]:
+    """The range of an image side in pixels: 1 … the model's limit (SIZE_LIMITS['image_side'])."""
+    limit, why = SIZE_LIMITS["image_side"]
+    return in_range(why, 1, limit)
+
+
+SeedOpt = Annotated[
+    Optional[int], typer.Option("--seed", help="Random seed (defaults to the config's).", callback=seed_check())
+]
 BatchSizeOpt = Annotated[
     Optional[int],
-    typer.Option("--batch-size", help="Images per forward pass.", callback=in_range("images per forward pass", 1)),
+    typer.Option(
+        "--batch-size", help="Images per forward pass.", callback=in_range("images per forward pass", 1, MAX_BATCH)
+    ),
 ]
 IterOpt = Annotated[
     Optional[int],

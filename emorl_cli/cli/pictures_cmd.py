@@ -9,7 +9,7 @@ import typer
 
 from emorl_cli.cli.console import console
 from emorl_cli.cli.inference import GIF_IMAGES, VIZ_IMAGES, InferenceOptions, inference_command
-from emorl_cli.cli.options import in_range
+from emorl_cli.cli.options import MAX_FRAMES, in_range
 from emorl_cli.cli.progress import image_progress
 from emorl_cli.errors import InputError
 
@@ -25,7 +25,7 @@ def gifs(
         ),
     ] = 10,
     frames: Annotated[
-        int, typer.Option("--frames", help="Frames per GIF.", callback=in_range("frames of a traversal", 2))
+        int, typer.Option("--frames", help="Frames per GIF.", callback=in_range("frames of a traversal", 2, MAX_FRAMES))
     ] = 8,
 ) -> None:
     """Per slot, GIFs traversing its top-k most active latent dimensions (slot_{k}_row_{r}.gif) + one sheet.
@@ -34,9 +34,11 @@ def gifs(
     """
     from emorl_cli.evaluate.session import batches_of
     from emorl_cli.files import atomic_write_json
-    from emorl_cli.pictures import make_gifs
+    from emorl_cli.pictures import check_gifs_memory, make_gifs
 
-    loaded, dataset = opts.open(need_masks=False)
+    loaded = opts.load()
+    check_gifs_memory(loaded.cfg, top_k, frames, next(loaded.model.parameters()).device)
+    dataset = opts.open_split(loaded.cfg, need_masks=False)
     if not 0 <= image_index < len(dataset):
         raise InputError(
             f"--image-index {image_index} is outside the {len(dataset)} images of {opts.split}; "

@@ -10,10 +10,12 @@ import click
 import typer
 from typer.core import TyperCommand
 
+from emorl_cli.cli import stopping
 from emorl_cli.cli.console import console
 from emorl_cli.cli.options import ConfigArg, DataDirOpt, LogWithOpt, OutOpt, SetOpt, log_with_overrides
 from emorl_cli.cli.progress import TrainingDisplay
 from emorl_cli.config import load_config, resolve_config_path
+from emorl_cli.errors import InputError
 
 
 class OptionalValueCommand(TyperCommand):
@@ -63,8 +65,16 @@ def train(
     """
     from emorl_cli.training.loop import train as run_training
 
+    if resume not in (None, USE_OUT_FOLDER) and out is not None and Path(resume).absolute() != out.absolute():
+        raise InputError(
+            f"--resume {resume} continues that run folder, but --out {out} names another; give one of them "
+            f"(`--resume {resume}`, or `--out {out} --resume`)"
+        )
     cfg = load_config(config, (overrides or []) + log_with_overrides(log_with))
     run_dir = Path(resume) if resume not in (None, USE_OUT_FOLDER) else (out or default_run_dir(config))
+    stopping.on_stop(
+        lambda: f"{stopping.kept_checkpoint(run_dir)}; continue with `{stopping.rerun_command('--resume')}`"
+    )
     result = run_training(
         cfg,
         run_dir,

@@ -28,11 +28,12 @@ from typing import Any, Optional, Union
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import get_worker_info
 
 from emorl_cli.config import DATASET_ENTITIES, DataConfig
 from emorl_cli.data.batches import MEMORY_FRACTION, BatchedDataset, available_memory_bytes, images_to_tensor
+from emorl_cli.data.picture_files import open_picture
 from emorl_cli.data.registry import CLEVRTEX_VARIANTS, clevrtex_folder_name
 from emorl_cli.errors import DataError
 
@@ -148,14 +149,7 @@ def center_crop_box(width: int, height: int, fraction: float = CROP_FRACTION) ->
 
 
 def _open_png(path: Path) -> Image.Image:
-    try:
-        image = Image.open(path)
-        image.load()
-    except (OSError, UnidentifiedImageError) as exc:
-        raise DataError(
-            f"cannot read {path} as an image ({exc}); the file is damaged — fetch the variant again"
-        ) from None
-    return image
+    return open_picture(path, "ClevrTex image", "the file is damaged — fetch the variant again")
 
 
 def load_image(path: Path, size: int) -> np.ndarray:

@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from emorl_cli.config import CLEVR_CROP_BOX, DATASET_ENTITIES, DataConfig
+from emorl_cli.config import CLEVR_CROP_BOX, DATASET_ENTITIES, SIZE_LIMITS, DataConfig
 from emorl_cli.data.batches import (
     MEMORY_FRACTION,
     BatchedDataset,
@@ -347,17 +347,36 @@ def open_split(
     )
 
 
-def check_slots_cover_entities(dataset: H5Dataset, slots: int, dataset_name: str) -> None:
-    """For a dataset whose entity count the config does not fix (`custom`): raise a `DataError` when the
-    file's masks hold more entities (background included) than the model has slots K."""
-    if dataset_name in DATASET_ENTITIES:  # fixed by the config (checked there); ClevrTex has no .h5 layout
+def check_slots_cover_entities(dataset: H5Dataset, slots: int, dataset_name: str, *, scoring: bool = False) -> None:
+    """Masks holding more entities (background included) than the model has slots K.
+
+    Scoring (`scoring=True`, evaluation), any file: FG-ARI and ARI are computed all the same, with a note
+    that K slots cannot tell more than K entities apart. Training, for a dataset whose entity count the config
+    does not fix (`custom`): a `DataError` asking for a larger K, or — where the masks hold more entities
+    than any model may have slots (SIZE_LIMITS) — a note, as the masks play no part in the loss.
+    """
+    if not scoring and dataset_name in DATASET_ENTITIES:  # fixed by the config (checked there)
         return
-    entities = dataset.layout.mask_entities
+    layout = getattr(dataset, "layout", None)  # ClevrTex's folders have no .h5 layout: its config fixes K
+    entities = layout.mask_entities if layout is not None else None
     if entities is None or slots >= entities:
         return
+    held = f"{dataset.path} holds up to {entities} entities per image in '{dataset.split}/masks' (background included)"
+    if scoring:
+        log.warning(
+            "%s but the model has %d slots: FG-ARI and ARI are scored all the same, and no image with more than "
+            "%d objects besides the background can score 1",
+            held,
+            slots,
+            slots,
+        )
+        return
+    limit = SIZE_LIMITS["K"][0]
+    if entities > limit:
+        log.warning("%s, more than the %d slots a model may have; training with model.K=%d", held, limit, slots)
+        return
     raise DataError(
-        f"{dataset.path} holds up to {entities} entities per image in '{dataset.split}/masks' (background "
-        f"included) but the model has model.K={slots} slots; set model.K ≥ {entities}, e.g. --set model.K={entities}"
+        f"{held} but the model has model.K={slots} slots; set model.K ≥ {entities}, e.g. --set model.K={entities}"
     )
 
 

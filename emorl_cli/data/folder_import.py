@@ -25,11 +25,13 @@ from typing import Optional
 
 import h5py
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from emorl_cli.data.h5 import atomic_h5
 from emorl_cli.data.manifest import Manifest, md5_file
+from emorl_cli.data.picture_files import open_picture
 from emorl_cli.data.progress import NullProgress, Progress
+from emorl_cli.data.space import check_disk_space
 from emorl_cli.errors import DataError, InputError
 from emorl_cli.locks import lock_folder
 
@@ -128,13 +130,9 @@ def _list_masks(folder: Path, image_stems: Sequence[str]) -> dict[str, Path]:
 
 
 def _open_upright(path: Path, what: str) -> Image.Image:
-    """The picture at `path`, loaded and turned by its EXIF orientation; unreadable files are a `DataError`."""
-    try:
-        with Image.open(path) as opened:
-            opened.load()
-            return ImageOps.exif_transpose(opened)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"cannot read {what} {path} ({exc}); replace the file or remove it from the folder") from None
+    """The picture at `path`, loaded and turned by its EXIF orientation; unreadable or too large files are a
+    `DataError` (see `picture_files.open_picture`)."""
+    return open_picture(path, what, "replace the file or remove it from the folder", upright=True)
 
 
 def square_box(width: int, height: int) -> tuple[int, int, int, int]:
@@ -264,6 +262,8 @@ def import_folder(
         shown = ", ".join(ignored[:5]) + (" …" if len(ignored) > 5 else "")
         progress.note(f"left out {len(ignored)} file(s) of {folder} that are not PNG or JPEG: {shown}")
     train_idx, test_idx = split_indices(len(stems), test_fraction, seed)
+    # S×S×3 bytes per image (the masks, one byte per entity and pixel, come on top)
+    check_disk_space(out.parent, len(stems) * size * size * 3, f"{len(stems):,} images of {size}x{size}", "--size")
     # one writer per folder: two imports into one folder would race on its manifest (and on `out`)
     with lock_folder(out.parent, "emorl data import", advice="wait for it to finish, or write into another folder"):
         if out.exists() and not force:

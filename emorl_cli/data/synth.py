@@ -20,6 +20,7 @@ from emorl_cli.data.h5 import atomic_h5
 from emorl_cli.data.manifest import Manifest, md5_file
 from emorl_cli.data.progress import NullProgress, Progress
 from emorl_cli.data.registry import DATASETS, SYNTH_DATASETS
+from emorl_cli.data.space import check_disk_space
 from emorl_cli.errors import DataError
 from emorl_cli.files import remove_stale_temp_files
 from emorl_cli.locks import lock_folder
@@ -84,6 +85,9 @@ def synthesize(
     counts = {"train": n_train, "test": n_test}
     if any(n < 0 for n in counts.values()) or sum(counts.values()) == 0:
         raise DataError(f"--train and --test must be ≥ 0 and not both 0, got {n_train} and {n_test}")
+    layouts = _generator(name).layout(n_train + n_test).values()
+    needed = sum(int(np.prod(shape, dtype=np.float64)) * np.dtype(dtype).itemsize for shape, dtype in layouts)
+    check_disk_space(out_dir, needed, f"{n_train:,} training and {n_test:,} test images", "--train or --test")
     # one synth (or fetch) per folder: the manifest is read, changed and written back
     with lock_folder(out_dir, "emorl data synth", advice="wait for it to finish, or write into another --out"):
         remove_stale_temp_files(out_dir, owned_folder=True)

@@ -14,7 +14,7 @@ from emorl_cli.config import Config, load_config
 from emorl_cli.data.dataset import H5Dataset, check_slots_cover_entities, resolve_split_path
 from emorl_cli.data.h5 import masks_in_split
 from emorl_cli.data.manifest import hash_file
-from emorl_cli.errors import DataError
+from emorl_cli.errors import CheckpointError, DataError
 from emorl_cli.model import Objective
 
 
@@ -54,8 +54,29 @@ def load_model(
     """Load an emorl checkpoint (config inside) or an original `.pth` (needs `config`)."""
     cfg = load_config(config, overrides) if config is not None else None
     model, cfg, geco_state = load_for_inference(Path(checkpoint), cfg)
+    check_finite(model, geco_state, Path(checkpoint))
     model.to(device).eval()
     return LoadedModel(model=model, cfg=cfg, geco_state=geco_state, checkpoint=Path(checkpoint))
+
+
+def check_finite(model: torch.nn.Module, geco_state: Optional[dict[str, Any]], source: Path) -> None:
+    """Refuse a model with NaN or infinite weights (or GECO state): every figure it gave would be NaN, and
+    the metrics would be skipped image by image rather than said to be meaningless once.
+
+    Raises:
+        CheckpointError: naming how many tensors are not finite, the first of them, and what to do.
+    """
+    tensors = [(name, t) for name, t in model.state_dict().items() if t.is_floating_point()]
+    for key, value in (geco_state or {}).items():
+        if torch.is_tensor(value) or isinstance(value, float):
+            tensors.append((f"geco.{key}", torch.as_tensor(value)))
+    bad = [name for name, t in tensors if not bool(torch.isfinite(t).all())]
+    if bad:
+        raise CheckpointError(
+            f"{source} holds NaN or infinite values in {len(bad)} of its {len(tensors)} tensors (first: {bad[0]}); "
+            "the training diverged before this checkpoint — evaluate an earlier one, or retrain with a lower "
+            "training.lr"
+        )
 
 
 def open_eval_split(
@@ -103,7 +124,7 @@ def open_eval_split(
         image_size=cfg.data.image_size,
         in_memory=cfg.data.in_memory,
     )
-    check_slots_cover_entities(dataset, cfg.model.K, cfg.data.dataset)
+    check_slots_cover_entities(dataset, cfg.model.K, cfg.data.dataset, scoring=True)
     return dataset
 
 

@@ -14,6 +14,7 @@ with checkpoints continue with `--resume`, the others start afresh.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import re
 import signal
@@ -25,10 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from emorl_cli.config import Config, load_config, resolve_config_path
+from emorl_cli.config import SEED_MAX, Config, load_config, resolve_config_path
 from emorl_cli.errors import EmorlError, InputError
 from emorl_cli.files import atomic_write_json, inner_folder, open_for_writing
 from emorl_cli.json_input import read_json
+from emorl_cli.locks import describe_holder, folder_holder
 from emorl_cli.training.run_logs import eval_rows, read_rows
 from emorl_cli.training.rundir import RunDir
 
@@ -38,14 +40,21 @@ PLAN_NAME = "sweep.json"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+\-\[\]]")
 POLL_SECONDS = 1.0
 STOP_GRACE_SECONDS = 20.0
+# Runs in one sweep: far more than a table over seeds needs; a typo (--seeds 1-100000000) would otherwise
+# plan, check and list a hundred million runs before starting one.
+MAX_RUNS = 10_000
 
 
 # --------------------------------------------------------------------------------------------- parsing
 
 
 def parse_seeds(text: str) -> list[int]:
-    """'1-4' → [1, 2, 3, 4]; '1,3' → [1, 3]; '1-2,7' → [1, 2, 7] (order kept, duplicates dropped)."""
-    seeds: list[int] = []
+    """'1-4' → [1, 2, 3, 4]; '1,3' → [1, 3]; '1-2,7' → [1, 2, 7] (order kept, duplicates dropped).
+
+    Every seed is within 0..SEED_MAX and there are at most MAX_RUNS of them, checked from the ranges' ends
+    before any list is built.
+    """
+    bounds: list[tuple[int, int]] = []
     for part in (p.strip() for p in text.split(",")):
         match = re.fullmatch(r"(-?\d+)(?:-(-?\d+))?", part)
         if not match:
@@ -54,8 +63,18 @@ def parse_seeds(text: str) -> list[int]:
         high = int(match.group(2)) if match.group(2) is not None else low
         if high < low:
             raise InputError(f"--seeds {text!r}: the range {part!r} is empty; write the smaller seed first")
-        seeds += [s for s in range(low, high + 1) if s not in seeds]
-    return seeds
+        if low < 0 or high > SEED_MAX:
+            raise InputError(f"--seeds {text!r}: {part!r} leaves the seeds' range 0 to {SEED_MAX}; e.g. --seeds 1-4")
+        bounds.append((low, high))
+    count = sum(high - low + 1 for low, high in bounds)
+    if count > MAX_RUNS:
+        raise InputError(
+            f"--seeds {text!r} gives {count:,} seeds, more than the {MAX_RUNS:,} runs a sweep takes; e.g. --seeds 1-4"
+        )
+    seeds: dict[int, None] = {}  # ordered and duplicate-free
+    for low, high in bounds:
+        seeds.update(dict.fromkeys(range(low, high + 1)))
+    return list(seeds)
 
 
 def split_values(text: str) -> list[str]:
@@ -125,6 +144,12 @@ def plan_runs(seeds: list[int], grid: list[tuple[str, list[str]]]) -> list[RunSp
     """Every (grid values, seed) combination, grid-major (all seeds of a setting together)."""
     if not seeds:
         raise InputError("--seeds gave no seeds; e.g. --seeds 1-4")
+    settings = math.prod(len(values) for _, values in grid)
+    if settings * len(seeds) > MAX_RUNS:
+        raise InputError(
+            f"{len(seeds):,} seeds × {settings:,} grid settings make {settings * len(seeds):,} runs, more than the "
+            f"{MAX_RUNS:,} a sweep takes; give fewer seeds or grid values"
+        )
     short = short_keys([k for k, _ in grid])
     runs = []
     for values in itertools.product(*(v for _, v in grid)):
@@ -156,7 +181,8 @@ def is_finished(run_dir: Path, cfg: Config) -> bool:
 
 @dataclass
 class RunStatus:
-    """What the sweep knows of one run: state is pending, running, finished, skipped or failed."""
+    """What the sweep knows of one run: state is pending, running, finished, skipped, held (another process,
+    such as a second sweep into the same folder, trains it), failed or stopped."""
 
     spec: RunSpec
     folder: Path
@@ -167,6 +193,7 @@ class RunStatus:
     step: Optional[int] = None
     fg_ari: Optional[float] = None
     device: Optional[str] = None
+    holder: str = ""  # who trains it, when held by another process
 
     @property
     def log(self) -> Path:
@@ -248,7 +275,7 @@ def run_sweep(plan: SweepPlan, on_change: Callable[[list[RunStatus]], None] = la
     try:
         while True:
             for slot in list(free_slots):
-                waiting = next((s for s in statuses if s.state == "pending"), None)
+                waiting = _next_free(plan, statuses)
                 if waiting is None:
                     break
                 free_slots.remove(slot)
@@ -268,7 +295,7 @@ def run_sweep(plan: SweepPlan, on_change: Callable[[list[RunStatus]], None] = la
                     continue
                 log.close()  # type: ignore[attr-defined]
                 status.returncode = code
-                status.state = "finished" if code == 0 else "failed"
+                status.state = "finished" if code == 0 else _after_failure(plan, status)
                 status.refresh()
                 del running[slot]
                 free_slots.append(slot)
@@ -278,11 +305,38 @@ def run_sweep(plan: SweepPlan, on_change: Callable[[list[RunStatus]], None] = la
         for status, _, _ in running.values():
             status.state = "stopped"
         on_change(statuses)
+        stopped = [status.spec.name for status, _, _ in running.values()]
+        waiting = sum(s.state == "pending" for s in statuses)
+        names = f" ({', '.join(stopped)})" if stopped else ""
         raise SweepInterrupted(
-            f"sweep interrupted; {len(running)} running run(s) stopped at their last checkpoint; run the same "
-            f"command again to resume (finished runs are skipped)"
+            f"sweep interrupted; {len(stopped)} running run(s){names} stopped, each keeping its checkpoints, and "
+            f"{waiting} not started; run the same command again to resume them (finished runs are skipped)"
         ) from None
     return statuses
+
+
+def _next_free(plan: SweepPlan, statuses: list[RunStatus]) -> Optional[RunStatus]:
+    """The next pending run no other process holds; pending runs another process trains become `held`."""
+    for status in statuses:
+        if status.state != "pending":
+            continue
+        holder = folder_holder(status.folder)
+        if holder is None:
+            return status
+        status.state, status.holder = "held", describe_holder(holder)
+    return None
+
+
+def _after_failure(plan: SweepPlan, status: RunStatus) -> str:
+    """The state of a run whose training exited with an error: another process may have started it first
+    (a second sweep into the same folder), finished it (`skipped`) or hold it still (`held`)."""
+    if is_finished(status.folder, plan.run_config(status.spec)):
+        return "skipped"
+    holder = folder_holder(status.folder)
+    if holder is not None:
+        status.holder = describe_holder(holder)
+        return "held"
+    return "failed"
 
 
 def _start(plan: SweepPlan, status: RunStatus, slot: int) -> tuple[RunStatus, subprocess.Popen, object]:
@@ -349,11 +403,14 @@ def plan_sweep(
     jobs: Optional[int] = None,
     minutes: Optional[float] = None,
     data_dir: Optional[Path] = None,
+    threads: Optional[int] = None,
 ) -> SweepPlan:
     """Check every run's config before anything starts, and decide jobs, threads and devices.
 
     The shipped demo configs (`demo`, `demo_multi_dsprites`) read the synthetic data `emorl demo` makes:
     without --data-dir they are synthesised into DIR/data on first use, as the demo does in its own folder.
+    `threads` (the global `emorl --threads N`) is every run's thread count; without it the CPU cores are
+    split between the jobs.
     """
     import torch
 
@@ -373,7 +430,7 @@ def plan_sweep(
         jobs=jobs,
         sets=list(sets),
         data_dir=Path(data_dir).resolve() if data_dir is not None else None,
-        threads=max(1, cpu_count() // jobs),
+        threads=threads if threads is not None else max(1, cpu_count() // jobs),
         devices=devices,
     )
     for spec in runs:

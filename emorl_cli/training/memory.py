@@ -64,20 +64,34 @@ def _gb(n: float) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.0f} MB"
 
 
+def refuse_beyond_free(needed: int, device: torch.device, doing: str, sizes: str, lower: str) -> int:
+    """Refuse work whose memory estimate `needed` exceeds what `device` has free; returns the estimate.
+
+    Args:
+        doing: the work, e.g. 'training'.
+        sizes: what sets its size, e.g. 'batch 32 per process, K=4, 35x35 images'.
+        lower: the options that shrink it, e.g. 'training.batch_size or model.K'.
+
+    Raises:
+        TrainingError: the estimate exceeds the free memory (the message gives both and what to lower).
+    """
+    free = free_memory_bytes(device)
+    if free is None or needed <= free or os.environ.get(SKIP_ENV, "") not in ("", "0"):
+        return needed
+    where = "this GPU has" if device.type == "cuda" else "this machine has"
+    raise TrainingError(
+        f"{doing} needs at least about {_gb(needed)} of memory ({sizes}), but {where} {_gb(free)} free; lower {lower}, "
+        f"or use a machine with more memory ({SKIP_ENV}=1 tries anyway)"
+    )
+
+
 def check_training_memory(cfg: Config, device: torch.device, batch: int) -> int:
     """Refuse a config whose training step needs more memory than `device` has free; returns the estimate.
 
     Raises:
         TrainingError: the estimate exceeds the free memory (the message gives both and what to lower).
     """
-    needed = training_step_bytes(cfg, batch)
-    free = free_memory_bytes(device)
-    if free is None or needed <= free or os.environ.get(SKIP_ENV, "") not in ("", "0"):
-        return needed
-    where = "this GPU has" if device.type == "cuda" else "this machine has"
     _, h, w = cfg.model.input_size
-    raise TrainingError(
-        f"training needs at least about {_gb(needed)} of memory (batch {batch} per process, K={cfg.model.K}, "
-        f"{h}x{w} images, {cfg.model.image_decoder} decoder), but {where} {_gb(free)} free; lower "
-        f"training.batch_size or model.K, or use a machine with more memory ({SKIP_ENV}=1 tries anyway)"
-    )
+    sizes = f"batch {batch} per process, K={cfg.model.K}, {h}x{w} images, {cfg.model.image_decoder} decoder"
+    lower = "training.batch_size or model.K"
+    return refuse_beyond_free(training_step_bytes(cfg, batch), device, "training", sizes, lower)
