@@ -198,3 +198,16 @@ def test_bad_input_is_one_line_and_exit_1(cli, checkpoint, tmp_path):
     other = fresh_checkpoint(tmp_path / "other.pt", "model.init_gain=0.5")
     one_line_error(cli("segment", folder, "--checkpoint", other, "--out", out), "another checkpoint", "--out")
     one_line_error(cli("segment", folder, *ck, "--seed", "5"), "seed 0")
+
+
+def test_a_picture_past_the_pixel_limit_is_refused_before_decoding_without_pillows_warning(
+    cli, checkpoint, tmp_path, monkeypatch
+):
+    from emorl_cli.data import picture_files
+
+    folder = picture_folder(tmp_path / "photos", 2)
+    monkeypatch.setattr(picture_files, "MAX_PIXELS", 100)  # the pictures of picture_folder are larger
+    result = cli("segment", folder, "--checkpoint", checkpoint, "--out", tmp_path / "seg")
+    one_line_error(result, "megapixels emorl opens")
+    assert "DecompressionBomb" not in result.output
+    assert not (tmp_path / "seg" / "segments.npz").exists()

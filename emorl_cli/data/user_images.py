@@ -21,15 +21,17 @@ Each prepared picture carries a `Preparation` that says what was done, in the or
 from __future__ import annotations
 
 import glob
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from emorl_cli.config import CLEVR_CROP_BOX, DataConfig
+from emorl_cli.data import picture_files
 from emorl_cli.data.clevrtex import center_crop_box
 from emorl_cli.data.folder_import import square_box
 from emorl_cli.data.h5 import check_image_values, reading
@@ -289,19 +291,15 @@ def read_pictures(sources: Sequence[PictureSource]) -> list[Image.Image]:
 
 
 def open_picture(source: PictureSource) -> Image.Image:
-    """One file's or array's pixels as a PIL image (a file turned upright by its EXIF orientation)."""
+    """One file's or array's pixels as a PIL image (a file turned upright by its EXIF orientation; past the
+    pixel limit, or unreadable, a one-line `DataError` from picture_files.open_picture)."""
     if source.array is not None:
         return Image.fromarray(source.array)
     if source.group is not None:
         return read_pictures([source])[0]
-    try:
-        with Image.open(source.path) as opened:
-            opened.load()
-            return ImageOps.exif_transpose(opened)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(
-            f"cannot read image {source.path} ({exc}); replace the file or leave it out of the inputs"
-        ) from None
+    return picture_files.open_picture(
+        source.path, "image", "replace the file or leave it out of the inputs", upright=True
+    )
 
 
 def check_readable(source: PictureSource) -> tuple[int, int]:
@@ -312,12 +310,21 @@ def check_readable(source: PictureSource) -> tuple[int, int]:
     if source.group is not None:
         return (0, 0)
     try:
-        with Image.open(source.path) as opened:
-            return opened.size
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a decompression-bomb warning: the size is checked just below
+            with Image.open(source.path) as opened:
+                size = opened.size
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(
             f"cannot read image {source.path} ({exc}); replace the file or leave it out of the inputs"
         ) from None
+    limit = picture_files.MAX_PIXELS
+    if size[0] * size[1] > limit:
+        raise DataError(
+            f"image {source.path} is {size[0]}x{size[1]} pixels ({size[0] * size[1] / 1e6:.3g} megapixels), more "
+            f"than the {limit / 1e6:.3g} megapixels emorl opens; scale it down or leave it out of the inputs"
+        )
+    return size
 
 
 def _scaled_clevr_box(width: int, height: int) -> tuple[int, int, int, int]:
