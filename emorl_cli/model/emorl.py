@@ -14,7 +14,8 @@ Inference: call under `torch.no_grad()`. The refinement steps need ∇λ, so the
 layers runs under `torch.enable_grad()` inside `forward` (from a detached λ), and every returned tensor is
 detached; nothing else is tracked. Outside `no_grad` (training) the whole pass stays on one graph and
 `out.loss.backward()` trains every network, including through the refinement steps (train with `loss`,
-not `loss_per_image`: see grad_reuse.py).
+not `loss_per_image`: see grad_reuse.py; with that shortcut the returned means, masks and reconstruction
+are values without the decoder's graph).
 """
 
 from __future__ import annotations
