@@ -83,8 +83,8 @@ class EfficientMORL(nn.Module):
         # could underflow.
         self.reuse_decoder_gradients = True
         # With the shortcut on a CPU: decode and backpropagate this many bytes of decoder activations at a
-        # time (whole images; None: all at once). 16 MB keeps a chunk in a server CPU's cache; on a GPU the
-        # whole batch runs at once.
+        # time (whole images; None: all at once, faster by ~5% in fp32 for twice the peak memory). On a GPU
+        # the whole batch runs at once.
         self.decoder_chunk_bytes: Optional[int] = DECODER_CHUNK_BYTES
 
     # ------------------------------------------------------------------------------------------ decoding
