@@ -4,8 +4,9 @@ glibc's malloc serves every block above 32 MB with a fresh `mmap` and returns it
 A training step at 64×64 allocates and frees GBs of decoder activations, so each step page-faults them
 all in again: the kernel zeroes every page before the convolution can write it (about a third of a
 Multi-dSprites step's CPU time was system time). `keep_freed_memory` asks glibc to take large blocks from
-the heap instead and not to trim it, so a freed block is reused by the next step without a fault — the
-caching that CUDA's allocator does on a GPU. The process's resident memory then stays at its peak.
+the heap instead and not to trim it, so freed memory stays mapped and later steps reuse it without faults —
+the caching that CUDA's allocator does on a GPU (the system time of `emorl bench multi_dsprites --mode train
+--batch-size 8 --steps 2` fell from 21.2 s to 0.6 s). The process's resident memory then stays at its peak.
 """
 
 from __future__ import annotations
