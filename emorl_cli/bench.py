@@ -70,20 +70,25 @@ def _time(
     device: torch.device,
     seconds: Optional[float] = None,
     warmup_times: Optional[list[float]] = None,
+    cpu_times: Optional[list[float]] = None,
 ) -> list[float]:
-    """Seconds of `steps` timed calls after `warmup` untimed ones (appended to `warmup_times` when given).
+    """Seconds of `steps` timed calls after `warmup` untimed ones (appended to `warmup_times` when given;
+    the process's CPU seconds of each timed call to `cpu_times`).
 
     With `seconds`, timing stops once that much time has been spent on timed calls (at least 3 calls,
     at most `steps`): a time budget for slow devices and a step count for fast ones.
     """
 
+    cpu_spent: list[float] = []
+
     def timed() -> float:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         fn()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
+        cpu_spent.append(time.process_time() - cpu_start)
         return time.perf_counter() - start
 
     for _ in range(warmup):
@@ -93,6 +98,8 @@ def _time(
     times: list[float] = []
     while len(times) < steps and (seconds is None or len(times) < 3 or sum(times) < seconds):
         times.append(timed())
+    if cpu_times is not None:
+        cpu_times.extend(cpu_spent[warmup:])
     return times
 
 
@@ -146,9 +153,13 @@ def bench_train(
     if runner.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(runner.device)
     warmup_times: list[float] = []
-    times = _time(lambda: runner(next(counter), images), steps, warmup, runner.device, seconds, warmup_times)
+    cpu_times: list[float] = []
+    step = lambda: runner(next(counter), images)  # noqa: E731
+    times = _time(step, steps, warmup, runner.device, seconds, warmup_times, cpu_times)
     # peak memory is read here, before the FLOP count's extra step and the matrix product below
     extra: dict[str, Any] = {"refinement_iters": _train_iters(cfg), "timed_steps": len(times)}
+    if runner.device.type == "cpu":  # CPU seconds of the process: on a shared machine, the work without the waits
+        extra["cpu_seconds_per_step"] = float(np.median(cpu_times))
     if warmup_times:
         extra["first_step_seconds"] = warmup_times[0]
     if cfg.training.compile:

@@ -1,6 +1,7 @@
 """`emorl bench`: the figures it prints are measured, consistent with each other, and the FLOP count is right."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -34,6 +35,8 @@ def test_train_bench_json(cli):
     assert extra["gflop_per_step"] > 0
     assert extra["achieved_gflop_per_second"] == pytest.approx(extra["gflop_per_step"] / seconds)
     assert extra["matmul_gflop_per_second"] > 0
+    # the process's CPU seconds per timed step: some work, at most every core busy for the whole step
+    assert 0 < extra["cpu_seconds_per_step"] <= 1.1 * seconds * (os.cpu_count() or 1) + 0.05
     assert figures["mixed_precision"] == "no"
     assert set(figures["versions"]) == {"emorl", "torch", "python"}
 

@@ -97,6 +97,9 @@ def test_gpu_suite_dry_run_prints_the_plan_and_writes_it(cli, tmp_path):
             assert f"train {config} {precision}" in names
             assert f"train {config} {precision}" in result.output
         assert f"eval {config}" in names
+    for config in ("multi_dsprites", "clevrtex"):  # the paper's larger images: training steps
+        for precision in ("fp32", "bf16"):
+            assert f"train {config} {precision}" in names and f"train {config} {precision}" in result.output
     assert "training run" in names and "host waits per step" in names
     assert plan["dry_run"] is True and all(item["status"] == "planned" for item in plan["items"])
     assert plan["planned_seconds"] == pytest.approx(
@@ -109,7 +112,7 @@ def test_gpu_suite_dry_run_prints_the_plan_and_writes_it(cli, tmp_path):
 
 def test_gpu_suite_runs_in_miniature_and_keeps_going_past_a_failure(quick_compiler, tmp_path):
     out = tmp_path / "suite.json"
-    items = gpu_check.plan(configs=("tetrominoes",))
+    items = gpu_check.plan(configs=("tetrominoes",), large_configs=())
     seen = []
     report = gpu_check.run_suite(items, out=out, smoke=True, on_item=lambda i, item: seen.append((i, item.status)))
     status = {item.name: item.status for item in report.items}

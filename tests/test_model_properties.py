@@ -429,3 +429,50 @@ def test_hierarchical_kl_wires_the_layers_as_the_original(bottom_up):
         assert refinement_prior is None
     else:  # with reversed prior++ against p(z^1 | z^2), the last prior of the reversed pass
         torch.testing.assert_close(refinement_prior.loc, model.hvae_networks.indep_prior(locs[1]).loc)
+
+
+@pytest.mark.parametrize("likelihood", ["gaussian", "gmm"])
+def test_decoder_chunks_give_the_same_outputs_and_gradients_as_the_plain_backward(likelihood):
+    """The chunked in-forward decoder backward (one image per chunk) against one chunk and against the
+    plain path (no shortcut): forward values and every parameter's gradient to float tolerance."""
+    model = small_model(image_likelihood=likelihood)
+    decoder = model.hvae_networks.image_decoder
+    calls: list[int] = []
+    decoder.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    x = images(3)
+    results = {}
+    for label, reuse, chunk in [("chunks", True, 1), ("one chunk", True, None), ("plain", False, None)]:
+        model.reuse_decoder_gradients, model.decoder_chunk_bytes = reuse, chunk
+        model.zero_grad()
+        calls.clear()
+        out = model(x, Objective.elbo(), refinement_iters=2, noise=fixed_noise(1))
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results[label] = (out, grads, list(calls))
+    chunks, one, plain = results["chunks"], results["one chunk"], results["plain"]
+    assert chunks[2] == [model.K] * 9  # 3 stages × 3 images, one image's K slots per decode
+    assert one[2] == [3 * model.K] * 3
+    # Chunks add each image's weight gradient separately: float32 summation order moves the first decoder
+    # layer's gradient (a sum with much cancellation) by up to ~6e-4 of its largest entry; a chunk lost or
+    # counted twice moves it by a third.
+    for (out, grads, _), tolerance in ((chunks, 2e-3), (one, 1e-4)):
+        for name in ("loss", "nll", "kl", "mse", "means", "mask_logprobs", "reconstruction"):
+            assert torch.allclose(getattr(out, name), getattr(plain[0], name), rtol=1e-5, atol=1e-5), name
+        assert grads.keys() == plain[1].keys()
+        for name, grad in plain[1].items():
+            assert (grads[name] - grad).abs().max() <= tolerance * grad.abs().max() + 1e-8, name
+
+
+def test_decoder_chunks_are_sized_by_bytes_and_off_on_request():
+    model = small_model()
+    z = torch.zeros(4 * model.K, model.z_size)
+    per_image = model.K * model.hvae_networks.image_decoder.hidden_elements() * 4  # float32 bytes
+    model.decoder_chunk_bytes = 3 * per_image
+    assert model._images_per_chunk(z) == 3
+    model.decoder_chunk_bytes = 1
+    assert model._images_per_chunk(z) == 1  # never less than one image
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model.decoder_chunk_bytes = 3 * per_image
+        assert model._images_per_chunk(z) == 6  # bf16 activations take half the bytes
+    model.decoder_chunk_bytes = None
+    assert model._images_per_chunk(z) is None

@@ -172,6 +172,16 @@ class SpatialBroadcastDecoder(nn.Module):
         self.first_layer = BroadcastConv(gh, gw, first) if BroadcastConv.supports(first) else None
         self.use_broadcast_conv = self.first_layer is not None  # False: tile z and run every layer as is
 
+    def hidden_elements(self) -> int:
+        """Elements of the first hidden activation per decoded slot (channels × its grid): the size of
+        the largest tensors a decode makes, for sizing chunks."""
+        first = self.decode[0]
+        gh, gw = self.grid.shape[:2]
+        if isinstance(first, nn.Conv2d):
+            (kh, kw), (ph, pw) = first.kernel_size, first.padding  # type: ignore[misc]
+            return first.out_channels * (gh + 2 * ph - kh + 1) * (gw + 2 * pw - kw + 1)
+        return first.out_channels * gh * gw * 256  # transposed convolutions grow the grid 16× a side
+
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n, d = z.shape
         pos = self.pos_embed_projection(self.grid.to(z.dtype)).permute(2, 0, 1)  # [D, Gh, Gw], once per call

@@ -14,7 +14,8 @@ Inference: call under `torch.no_grad()`. The refinement steps need ∇λ, so the
 layers runs under `torch.enable_grad()` inside `forward` (from a detached λ), and every returned tensor is
 detached; nothing else is tracked. Outside `no_grad` (training) the whole pass stays on one graph and
 `out.loss.backward()` trains every network, including through the refinement steps (train with `loss`,
-not `loss_per_image`: see grad_reuse.py).
+not `loss_per_image`: see grad_reuse.py; with that shortcut the returned means, masks and reconstruction
+are values without the decoder's graph).
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ def check_images(images: torch.Tensor, input_size: tuple[int, int, int]) -> None
         )
     if not images.is_floating_point():
         raise DataError(f"images must be floats in [-1, 1], got dtype {images.dtype}; convert them first")
+
+
+DECODER_CHUNK_BYTES = 16 * 2**20  # default `EfficientMORL.decoder_chunk_bytes`
 
 
 def reuse_is_safe(device_type: str) -> bool:
@@ -78,6 +82,10 @@ class EfficientMORL(nn.Module):
         # under fp16 autocast, where gradients computed inside forward would miss the loss scaling and
         # could underflow.
         self.reuse_decoder_gradients = True
+        # With the shortcut on a CPU: decode and backpropagate this many bytes of decoder activations at a
+        # time (whole images; None: all at once, faster by ~5% in fp32 for twice the peak memory). On a GPU
+        # the whole batch runs at once.
+        self.decoder_chunk_bytes: Optional[int] = DECODER_CHUNK_BYTES
 
     # ------------------------------------------------------------------------------------------ decoding
 
@@ -121,18 +129,38 @@ class EfficientMORL(nn.Module):
     def _score_stage(self, run: _Pass, stage: int, kl: torch.Tensor, settle: bool) -> None:
         """Decode the stage's sample, score the image and add ℓ_i to the weighted loss.
 
-        With `settle` the decoder is backpropagated now (grad_reuse.py) and its weight gradients, scaled by
-        the stage's weight in the loss, ride on `run.injected` (value 0); otherwise nothing is injected.
+        With `settle` the decoder is backpropagated now (grad_reuse.py, in chunks of images on a CPU) and
+        its weight gradients, scaled by the stage's weight in the loss, ride on `run.injected` (value 0);
+        the stage's means and masks are then values without the decoder's graph.
         """
-        means, mask_logprobs = self._decode_slots(run.z, run.batch)
-        nll = image_nll(self.cfg.image_likelihood, run.x, means, mask_logprobs, self.cfg.log_scale)  # [B]
         weight = stage_weight(stage, run.iters)
         if settle:
-            nll, injection = settle_decoder_gradients(nll, run.z, self.hvae_networks.image_decoder)
+            nll, injection, (means, mask_logprobs) = settle_decoder_gradients(
+                lambda z, images: self._score_rows(run.x[images], z),
+                run.z,
+                run.batch,
+                self.hvae_networks.image_decoder,
+                self._images_per_chunk(run.z),
+            )
             run.injected = run.injected + _times(injection, weight * run.objective.nll_weight / run.batch)
+        else:
+            nll, means, mask_logprobs = self._score_rows(run.x, run.z)
         run.means, run.mask_logprobs, run.nll, run.kl = means, mask_logprobs, nll, kl
         run.per_image = run.objective.per_image(nll, kl)  # ℓ_i [B]
         run.total = run.total + weight * run.per_image  # [B]
+
+    def _score_rows(self, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Images x [b, C, H, W] in [0, 1] and their slots z [b·K, D] → (NLL [b], means, mask log-probs)."""
+        means, mask_logprobs = self._decode_slots(z, x.shape[0])
+        return image_nll(self.cfg.image_likelihood, x, means, mask_logprobs, self.cfg.log_scale), means, mask_logprobs
+
+    def _images_per_chunk(self, z: torch.Tensor) -> Optional[int]:
+        """Images per decoder chunk: `decoder_chunk_bytes` of hidden activations (None: no chunks, on a GPU)."""
+        if self.decoder_chunk_bytes is None or z.device.type != "cpu":
+            return None
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else z.dtype
+        per_image = self.K * self.hvae_networks.image_decoder.hidden_elements() * dtype.itemsize
+        return max(1, self.decoder_chunk_bytes // per_image)
 
     def _stage0(self, run: _Pass, bottom_up: BottomUp, noise: Optional[NoiseFn], record: bool) -> None:
         """Stage 0: z ~ q(z; λ^L) from the bottom-up layers, scored with the hierarchical KL."""
@@ -144,7 +172,7 @@ class EfficientMORL(nn.Module):
         run.z = run.posterior.rsample(noise)  # [N, D]
         hierarchy = bottom_up.posteriors + [run.posterior] if self.cfg.stochastic_layers > 0 else []
         kl, run.refine_prior = self._stage0_kl(hierarchy, run.x, noise)  # [B]
-        self._score_stage(run, 0, kl, settle=run.settle and run.iters > 0)
+        self._score_stage(run, 0, kl, settle=run.settle)
         if record:
             run.trace = self._layer_records(bottom_up, run.means, run.mask_logprobs, run.batch)
 
@@ -161,7 +189,7 @@ class EfficientMORL(nn.Module):
         run.z = run.posterior.rsample(noise)  # [N, D]
         prior = run.refine_prior if run.refine_prior is not None else DiagonalGaussian.standard(run.posterior.loc)
         kl = gaussian_kl(run.posterior, prior).view(run.batch, self.K).sum(1)  # [B]
-        self._score_stage(run, step, kl, settle=run.settle and step < run.iters)
+        self._score_stage(run, step, kl, settle=run.settle)
         if run.trace is not None:
             run.trace.append(StageRecord("refinement", step, run.means.detach(), run.mask_logprobs.detach().exp()))
         return hidden

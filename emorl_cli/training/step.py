@@ -28,6 +28,7 @@ from emorl_cli.errors import TrainingError
 from emorl_cli.geco import GECO, training_objective
 from emorl_cli.model import Objective, build_model
 from emorl_cli.training.compile import compile_errors, compile_networks
+from emorl_cli.training.host_memory import keep_freed_memory
 from emorl_cli.training.noise import GlobalBatchNoise
 from emorl_cli.training.order import local_batch_size
 from emorl_cli.training.precision import Precision
@@ -54,6 +55,8 @@ class StepRunner:
         self.cfg, self.accelerator = cfg, accelerator
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
         self.device = accelerator.device
+        if self.device.type == "cpu":
+            keep_freed_memory()  # reuse the step's large blocks instead of page-faulting them in again
         self.local_batch = local_batch_size(cfg.training.batch_size, self.world)
         torch.manual_seed(cfg.training.seed)  # the same initial weights on every process
         self.model = build_model(cfg.model).to(self.device)
