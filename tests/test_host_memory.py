@@ -5,8 +5,7 @@ import subprocess
 import sys
 
 import pytest
-
-from tests.helpers import subprocess_env
+from helpers import subprocess_env
 
 SCRIPT = """
 import sys, torch
