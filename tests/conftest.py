@@ -26,6 +26,18 @@ def cli(runner):
     return invoke
 
 
+@pytest.fixture
+def fake():
+    """A fake Zenodo/file server on 127.0.0.1 (fake_server.FakeZenodo), shut down after the test."""
+    from fake_server import FakeZenodo
+
+    server = FakeZenodo()
+    server.thread.start()
+    yield server
+    server.server.shutdown()
+    server.server.server_close()
+
+
 def pytest_collection_modifyitems(config, items):
     """Skip the tests marked `cuda` where torch sees no CUDA GPU."""
     import torch

@@ -52,3 +52,11 @@ def two_process_command(*emorl_args: str) -> list[str]:
 def subprocess_env(**extra: str) -> dict[str, str]:
     """The environment for an emorl subprocess: one thread per process, this checkout importable."""
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1]), **extra}
+
+
+def one_error_line(result) -> str:
+    """The single `error:` line of a command that failed cleanly (exit 1, no traceback)."""
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output + repr(result.exception)
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 1 and len(errors) == 1, result.output
+    return errors[0]

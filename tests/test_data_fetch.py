@@ -24,15 +24,6 @@ FIXTURE = Path(__file__).parent / "data" / "fixtures" / "tetrominoes_iodine_mini
 runner = CliRunner()
 
 
-@pytest.fixture()
-def fake():
-    server = FakeZenodo()
-    server.thread.start()
-    yield server
-    server.server.shutdown()
-    server.server.server_close()
-
-
 def payload(n: int, seed: int) -> bytes:
     return bytes((i * 31 + seed * 7 + (i >> 8)) % 251 for i in range(n))
 

@@ -16,22 +16,12 @@ import sys
 import time
 
 import pytest
-from fake_server import FakeZenodo
 from helpers import subprocess_env
 from test_data_fetch import fetch, one_line_error, payload
 from test_models_fetch import TETRO, blob_id
 from test_models_fetch import fetch as models_fetch
 
 SIZE = 64 * 1024
-
-
-@pytest.fixture()
-def fake():
-    server = FakeZenodo()
-    server.thread.start()
-    yield server
-    server.server.shutdown()
-    server.server.server_close()
 
 
 def fetch_in_subprocess(fake, dest, *extra, retries=2, timeout=5, limit=60):

@@ -12,7 +12,6 @@ import os
 import shutil
 
 import pytest
-from fake_server import FakeZenodo
 from helpers import TINY, set_options
 from test_data_fetch import payload
 from test_reliability import one_error_line
@@ -182,15 +181,6 @@ def test_a_planted_seed_folder_link_is_refused_by_a_sweep(cli, tmp_path, synth_d
     line = one_error_line(cli("sweep", "demo", "--seeds", "1", "--out", out, "--data-dir", synth_data, *tiny))
     assert "seed=1" in line and "symbolic link" in line
     assert list(elsewhere.iterdir()) == []
-
-
-@pytest.fixture
-def fake():
-    server = FakeZenodo()
-    server.thread.start()
-    yield server
-    server.server.shutdown()
-    server.server.server_close()
 
 
 @pytest.mark.parametrize("dangling", [False, True])

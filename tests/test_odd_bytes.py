@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from fake_server import FakeZenodo
 from test_experiments import fake_run
 from test_reliability import one_error_line
 
@@ -29,15 +28,6 @@ def the_only_line(result) -> str:
 
 DEEP = "[" * 100_000  # deeper than any parser recurses
 NOT_UTF8 = b"model:\n  K: \xff\xfe\n"
-
-
-@pytest.fixture()
-def fake():
-    server = FakeZenodo()
-    server.thread.start()
-    yield server
-    server.server.shutdown()
-    server.server.server_close()
 
 
 # ------------------------------------------------------------------------------------------------ JSON

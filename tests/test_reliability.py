@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import torch
 from fake_server import FakeZenodo
-from helpers import TINY, set_options, subprocess_env, tiny_config
+from helpers import TINY, one_error_line, set_options, subprocess_env, tiny_config
 from test_data_fetch import payload
 from typer.testing import CliRunner
 
@@ -54,14 +54,6 @@ TRAIN_TINY = set_options(*TINY, "training.checkpoint_every=1")
 
 def invoke(*args) -> object:
     return runner.invoke(app, [str(a) for a in args])
-
-
-def one_error_line(result) -> str:
-    """The single `error:` line of a command that failed cleanly (exit 1, no traceback)."""
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.output + repr(result.exception)
-    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert result.exit_code == 1 and len(errors) == 1, result.output
-    return errors[0]
 
 
 @pytest.fixture(scope="module")

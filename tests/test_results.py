@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from helpers import TINY, set_options, tiny_config
+from helpers import TINY, one_error_line, set_options, tiny_config
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -23,13 +23,6 @@ runner = CliRunner()
 
 def invoke(*args) -> object:
     return runner.invoke(app, [str(a) for a in args])
-
-
-def one_error_line(result) -> str:
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.output + repr(result.exception)
-    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert result.exit_code == 1 and len(errors) == 1, result.output
-    return errors[0]
 
 
 @pytest.fixture(scope="module")

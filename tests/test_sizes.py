@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import tiny_config
+from helpers import one_error_line, tiny_config
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -22,15 +22,6 @@ runner = CliRunner()
 
 def invoke(*args) -> object:
     return runner.invoke(app, [str(a) for a in args])
-
-
-def one_error_line(result) -> str:
-    """The single `error:` line of a command that failed cleanly (exit 1, no traceback)."""
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.output + repr(result.exception)
-    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert result.exit_code == 1 and len(errors) == 1, result.output
-    assert "Traceback" not in result.output, result.output
-    return errors[0]
 
 
 @pytest.fixture(scope="module")
