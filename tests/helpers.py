@@ -2,6 +2,7 @@
 
 import os
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -60,3 +61,26 @@ def one_error_line(result) -> str:
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert result.exit_code == 1 and len(errors) == 1, result.output
     return errors[0]
+
+
+def error_with_phrases(result, *phrases: str) -> None:
+    """A clean failure (exit 1, an `error:` line, no traceback) whose message holds every phrase."""
+    assert result.exit_code == 1, result.output
+    text = " ".join(result.output.split())
+    assert "error:" in text and "Traceback" not in result.output, result.output
+    for phrase in phrases:
+        assert phrase in text, result.output
+
+
+def hold_lock_in_another_process(folder: Path) -> subprocess.Popen:
+    """A child process holding `folder`'s emorl lock until its stdin closes (`proc.communicate(input="")`)."""
+    code = (
+        "import sys; from emorl_cli.locks import lock_folder; "
+        f"lock = lock_folder({str(folder)!r}, 'emorl train', advice='wait'); print('held', flush=True); "
+        "sys.stdin.read()"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=subprocess_env()
+    )
+    assert proc.stdout.readline().strip() == "held"
+    return proc

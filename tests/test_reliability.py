@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import torch
 from fake_server import FakeZenodo
-from helpers import TINY, one_error_line, set_options, subprocess_env, tiny_config
+from helpers import TINY, hold_lock_in_another_process, one_error_line, set_options, subprocess_env, tiny_config
 from test_data_fetch import payload
 from typer.testing import CliRunner
 
@@ -79,25 +79,12 @@ def checkpoint_of(trained: Path) -> Path:
 # ------------------------------------------------------------------------------ 1, 2: one process per folder
 
 
-def _hold_lock_in_another_process(folder: Path) -> subprocess.Popen:
-    code = (
-        "import sys; from emorl_cli.locks import lock_folder; "
-        f"lock = lock_folder({str(folder)!r}, 'emorl train', advice='wait'); print('held', flush=True); "
-        "sys.stdin.read()"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=subprocess_env()
-    )
-    assert proc.stdout.readline().strip() == "held"
-    return proc
-
-
 def test_a_folder_lock_is_exclusive_across_processes_and_names_its_holder(tmp_path):
     from emorl_cli import locks
     from emorl_cli.locks import lock_folder
 
     assert locks.LOCK_NAME == LOCK_NAME
-    holder = _hold_lock_in_another_process(tmp_path / "f")
+    holder = hold_lock_in_another_process(tmp_path / "f")
     try:
         with pytest.raises(Exception, match=f"in use by another emorl process \\(PID {holder.pid}, `emorl train`"):
             lock_folder(tmp_path / "f", "emorl train", advice="wait")
@@ -111,7 +98,7 @@ def test_a_folder_lock_is_exclusive_across_processes_and_names_its_holder(tmp_pa
 def test_a_lock_left_by_a_killed_process_is_taken_over_with_a_note(tmp_path, caplog):
     from emorl_cli.locks import lock_folder
 
-    holder = _hold_lock_in_another_process(tmp_path / "f")
+    holder = hold_lock_in_another_process(tmp_path / "f")
     holder.send_signal(signal.SIGKILL)
     holder.wait()
     assert (tmp_path / "f" / LOCK_NAME).exists()  # kill -9 left the file behind

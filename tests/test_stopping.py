@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY, set_options, subprocess_env
+from helpers import TINY, hold_lock_in_another_process, set_options, subprocess_env
 from typer.testing import CliRunner
 
 from emorl_cli.cli.app import app
@@ -174,22 +174,9 @@ def test_sigterm_to_a_sweep_stops_its_trainings_and_names_the_runs_that_resume(d
     assert "stopped by SIGINT" in log  # and said, in its log, what it kept
 
 
-def _hold_lock_in_another_process(folder: Path) -> subprocess.Popen:
-    code = (
-        "import sys; from emorl_cli.locks import lock_folder; "
-        f"lock = lock_folder({str(folder)!r}, 'emorl train', advice='wait'); print('held', flush=True); "
-        "sys.stdin.read()"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=subprocess_env()
-    )
-    assert proc.stdout.readline().strip() == "held"
-    return proc
-
-
 def test_a_run_another_sweep_trains_is_skipped_with_a_note_not_failed(data, tmp_path):
     out = tmp_path / "sweep"
-    holder = _hold_lock_in_another_process(out / "seed=1")
+    holder = hold_lock_in_another_process(out / "seed=1")
     try:
         result = invoke("sweep", "demo", "--seeds", "1", "--data-dir", data, "--out", out, *LONG)
     finally:
@@ -212,7 +199,7 @@ def test_a_run_taken_by_another_sweep_between_the_check_and_the_start_is_held_no
         return real(folder) if len(checks) > 1 else None
 
     monkeypatch.setattr(sweep_module, "folder_holder", free_at_the_first_check)
-    holder = _hold_lock_in_another_process(out / "seed=1")
+    holder = hold_lock_in_another_process(out / "seed=1")
     try:
         result = invoke("sweep", "demo", "--seeds", "1", "--data-dir", data, "--out", out, *LONG)
     finally:

@@ -14,7 +14,7 @@ from typing import Any, Optional
 import numpy as np
 import pytest
 from accelerate.tracking import GeneralTracker, register_tracker_class
-from helpers import TINY, set_options, tiny_config
+from helpers import TINY, error_with_phrases, set_options, tiny_config
 
 from emorl_cli.data.synth import synthesize
 from emorl_cli.errors import ConfigError, TrainingError
@@ -150,30 +150,24 @@ def test_log_with_on_the_command_line_reaches_the_tracker_and_none_keeps_only_me
     assert not (tmp_path / "b" / "tb").exists() and len(training_rows(tmp_path / "b" / "metrics.jsonl")) == 2
 
 
-def one_line_error(result, *phrases: str) -> None:
-    assert result.exit_code == 1, result.output
-    text = " ".join(result.output.split())
-    assert "error:" in text and "Traceback" not in result.output, result.output
-    for phrase in phrases:
-        assert phrase in text, result.output
-
-
 @pytest.mark.skipif(importlib.util.find_spec("wandb") is not None, reason="wandb is installed here")
 def test_a_tracker_whose_package_is_missing_is_one_line_naming_the_pip_install(cli, synth_dir, tmp_path):
     sets = set_options(*TINY, "training.iters=2")
     args = ["--data-dir", synth_dir, "--out", tmp_path / "run", "--log-with", "tensorboard,wandb", *sets]
-    one_line_error(cli("train", "demo", *args), "'wandb'", "pip install wandb")
+    error_with_phrases(cli("train", "demo", *args), "'wandb'", "pip install wandb")
     assert not (tmp_path / "run" / "checkpoints").exists()  # stopped before it started
     sweep = ["--seeds", "1", "--out", tmp_path / "sweep", "--data-dir", synth_dir, "--log-with", "wandb", *sets]
-    one_line_error(cli("sweep", "demo", *sweep), "pip install wandb")
+    error_with_phrases(cli("sweep", "demo", *sweep), "pip install wandb")
     assert not (tmp_path / "sweep").exists()
 
 
 def test_unknown_and_failing_trackers_are_one_line_and_free_the_run_folder(cli, synth_dir, tmp_path):
     sets = set_options(*TINY, "training.iters=2")
     run = ["--data-dir", synth_dir, "--out", tmp_path / "run", *sets]
-    one_line_error(cli("train", "demo", *run, "--log-with", "nosuch"), "'nosuch'", "does not know", "tensorboard")
-    one_line_error(cli("train", "demo", *run, "--log-with", "failing"), "failing tracker did not start", "no server")
+    error_with_phrases(cli("train", "demo", *run, "--log-with", "nosuch"), "'nosuch'", "does not know", "tensorboard")
+    error_with_phrases(
+        cli("train", "demo", *run, "--log-with", "failing"), "failing tracker did not start", "no server"
+    )
     result = cli("train", "demo", *run, "--log-with", "recording")  # the folder was let go
     assert result.exit_code == 0, result.output
 
