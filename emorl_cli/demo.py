@@ -21,6 +21,7 @@ from emorl_cli.data.synth import synthesize
 from emorl_cli.errors import InputError
 from emorl_cli.evaluate.ari_report import format_stats
 from emorl_cli.files import ensure_writable_folder, refuse_links
+from emorl_cli.training.precision import cpu_has_native_bf16
 from emorl_cli.training.progress import TrainingProgress
 
 DEMO_TRAIN_IMAGES = 10_000
@@ -63,16 +64,6 @@ class DemoResult:
     paths: dict[str, Path]
     seconds: dict[str, float] = field(default_factory=dict)
     steps: int = 0
-
-
-def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """Whether the CPU computes bf16 natively (AVX-512 BF16 or AMX); elsewhere bf16 autocast is emulated
-    and slower than float32. False where it cannot tell (no /proc/cpuinfo)."""
-    try:
-        flags = set(cpuinfo.read_text(errors="replace").split())
-    except OSError:
-        return False
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def demo_config(

@@ -60,15 +60,6 @@ def test_demo_refuses_a_budget_that_is_not_positive(cli, tmp_path):
     assert not (tmp_path / "demo").exists()
 
 
-def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
-    info = tmp_path / "cpuinfo"
-    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n")
-    assert demo_module.cpu_has_native_bf16(info)
-    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n")
-    assert not demo_module.cpu_has_native_bf16(info)
-    assert not demo_module.cpu_has_native_bf16(tmp_path / "missing")
-
-
 @pytest.mark.parametrize(
     ("native", "overrides", "expected"),
     [(True, [], "bf16"), (False, [], "no"), (False, ["training.mixed_precision=bf16"], "bf16")],

@@ -16,7 +16,8 @@ from helpers import TINY, set_options, tiny_config
 from emorl_cli.accelerator import make_accelerator
 from emorl_cli.checkpoint import load_checkpoint, save_checkpoint
 from emorl_cli.config import config_to_dict
-from emorl_cli.training.precision import Precision
+from emorl_cli.training import precision as precision_module
+from emorl_cli.training.precision import Precision, check_supported
 from emorl_cli.training.step import StepRunner
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
@@ -123,6 +124,27 @@ def test_emorl_train_refuses_fp16_on_a_cpu(cli, tmp_path):
     assert result.exit_code == 1
     assert "fp16 is for GPUs" in result.output and "bf16" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_a_cpu_that_only_emulates_it_is_noted(monkeypatch, caplog, native):
+    monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: native)
+    with caplog.at_level("WARNING", logger="emorl"):
+        check_supported("bf16", torch.device("cpu"))
+        check_supported("no", torch.device("cpu"))
+    notes = [r.getMessage() for r in caplog.records if "bf16 is emulated" in r.getMessage()]
+    assert len(notes) == (0 if native else 1)
+    if notes:
+        assert "training.mixed_precision=no" in notes[0]
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n")
+    assert precision_module.cpu_has_native_bf16(info)
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n")
+    assert not precision_module.cpu_has_native_bf16(info)
+    assert not precision_module.cpu_has_native_bf16(tmp_path / "missing")
 
 
 @pytest.mark.cuda

@@ -17,7 +17,9 @@ use with small images.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -25,15 +27,34 @@ import torch
 from emorl_cli.errors import TrainingError
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+log = logging.getLogger("emorl")
+
+
+def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether the CPU computes bf16 natively (AVX-512 BF16 or AMX); elsewhere bf16 autocast is emulated
+    and slower than float32. False where it cannot tell (no /proc/cpuinfo)."""
+    try:
+        flags = set(cpuinfo.read_text(errors="replace").split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def check_supported(mode: str, device: torch.device) -> None:
     """Refuse fp16 on a CPU: torch's float16 convolution backward there is a reference loop, about 100×
-    slower than float32 (2 s per encoder convolution at batch 2 on this project's CPU)."""
+    slower than float32 (2 s per encoder convolution at batch 2 on this project's CPU). Note bf16 on a
+    CPU that only emulates it (no AVX-512 BF16 or AMX): correct, but slower than float32."""
     if mode == "fp16" and torch.device(device).type == "cpu":
         raise TrainingError(
             "training.mixed_precision=fp16 is for GPUs: on a CPU, float16 convolution backward is about 100x "
             "slower than float32; use bf16 (fast on CPUs with AVX-512 BF16 or AMX) or no"
+        )
+    if mode == "bf16" and torch.device(device).type == "cpu" and not cpu_has_native_bf16():
+        # a note, not a refusal: the run is correct, only slow (a 64x64 step measured 10x float32's time)
+        log.warning(
+            "training.mixed_precision=bf16 on a CPU without native bf16 (no AVX-512 BF16 or AMX flag in "
+            "/proc/cpuinfo): bf16 is emulated here, several times slower than float32; set "
+            "training.mixed_precision=no"
         )
 
 
