@@ -197,15 +197,42 @@ def synth(
         int, typer.Option("--seed", help="Random seed; the same seed gives the same files.", callback=seed_check())
     ] = 0,
     force: Annotated[bool, typer.Option("--force", help="Replace files that already exist.")] = False,
+    png: Annotated[
+        bool,
+        typer.Option(
+            "--png",
+            help="Write the --train images as OUT/images/*.png and their label masks as OUT/labels/*.png "
+            "(0 = background) instead of .h5 files: the input of `emorl data import … --masks`.",
+        ),
+    ] = False,
 ) -> None:
     """Generate a synthetic Tetrominoes or Multi-dSprites set in the Zenodo layout and file names.
 
-    Any config for that dataset then works with --data-dir pointing at the folder.
+    Any config for that dataset then works with --data-dir pointing at the folder. With --png, picture files
+    for `emorl data import` instead.
 
     Example: emorl data synth tetrominoes --out data/synth --train 10000 --test 1000 --seed 0
     """
     from emorl_cli.data.registry import DATASETS
     from emorl_cli.data.synth import synthesize
+
+    if png:
+        from emorl_cli.data.synth_pngs import write_png_folders
+
+        stopping.on_stop(lambda: f"nothing was written into {out}; run `{stopping.rerun_command()}` again")
+        folders = write_png_folders(name.value, out, train, seed, force=force, progress=RichProgress())
+        console.print(
+            f"[green]✓[/] {train:,} pictures in {folders['images']}, label masks in {folders['labels']}",
+            soft_wrap=True,
+            highlight=False,
+        )
+        console.print(
+            f"import them with: emorl data import {folders['images']} --masks {folders['labels']} --out "
+            f"{out / 'custom.h5'} --size {DATASETS[name.value].stored_size[0]}",
+            soft_wrap=True,
+            highlight=False,
+        )
+        return
 
     def kept() -> str:
         names = [DATASETS[name.value].file_for(s) for s, n in (("train", train), ("test", test)) if n > 0]
