@@ -128,8 +128,11 @@ class ModelConfig(_Section):
     image_likelihood: Literal["gaussian", "gmm"] = Field(
         "gaussian", description="Pixel likelihood: Gaussian around the mask-weighted mean, or a mixture (GMM)."
     )
-    image_decoder: Literal["small", "big", "iodine"] = Field(
-        "iodine", description="Spatial-broadcast decoder: 'small' (Tetrominoes), 'iodine' (CLEVR, dSprites), 'big'."
+    image_decoder: Literal["small", "big", "iodine", "upsample"] = Field(
+        "iodine",
+        description="Spatial-broadcast decoder: 'small' (Tetrominoes), 'iodine' (CLEVR, dSprites), 'big'; "
+        "'upsample' (emorl's, not the paper's): broadcast at a quarter of each side, doubled twice, ~4x cheaper "
+        "than 'iodine' at 64x64 (sides divisible by 4).",
     )
     use_dual_gru: bool = Field(True, description="Update the posterior's mean and softplus with the DualGRU.")
     bottom_up_prior: bool = Field(
@@ -198,6 +201,11 @@ class ModelConfig(_Section):
         if self.reverse_prior_plusplus and self.bottom_up_prior:
             raise ValueError(
                 "model.reverse_prior_plusplus=true needs model.bottom_up_prior=false; set one of them to false"
+            )
+        if self.image_decoder == "upsample" and (self.input_size[1] % 4 or self.input_size[2] % 4):
+            raise ValueError(
+                f"model.image_decoder='upsample' needs image sides divisible by 4, but model.input_size is "
+                f"{list(self.input_size)}; use 'iodine' or 'small'"
             )
         if self.image_decoder == "big" and (
             self.input_size[1] != self.input_size[2] or self.input_size[1] not in BIG_DECODER_SIZES

@@ -121,7 +121,35 @@ def test_wrong_image_size_is_a_data_error():
         small_model()(images(2, 16))
 
 
-@pytest.mark.parametrize("kind,size", [("small", 12), ("iodine", 12)])
+def test_upsample_decoder_shapes_and_emorl_step():
+    model = small_model(input_size=(3, 16, 16), image_decoder="upsample", K=2)
+    decoder = model.hvae_networks.image_decoder
+    assert tuple(decoder.grid.shape[:2]) == (4, 4)  # a quarter of each side
+    x = images(2, 16)
+    out = model(x, refinement_iters=1)
+    assert out.means.shape == (2, 2, 3, 16, 16) and out.mask_logprobs.shape[-2:] == (16, 16)
+    out.loss.backward()
+    assert all(p.grad is not None for p in decoder.parameters())
+
+
+@pytest.mark.parametrize(("kind", "size"), [("small", 12), ("iodine", 12), ("big", 96), ("upsample", 16)])
+def test_hidden_elements_is_the_largest_activation_a_decode_makes(kind, size):
+    decoder = SpatialBroadcastDecoder(kind, 6, size, size, channels=8)
+    seen: list[int] = []
+    for layer in decoder.decode[:-1]:  # the hidden layers; the last one writes the 4 output channels
+        layer.register_forward_hook(lambda module, args, output: seen.append(output[0].numel()))
+    decoder.use_broadcast_conv = False  # run the first layer as a plain convolution so its hook sees it
+    with torch.no_grad():
+        decoder(torch.randn(1, 6))
+    assert decoder.hidden_elements() == max(seen)
+
+
+def test_upsample_decoder_needs_sides_divisible_by_four():
+    with pytest.raises(ValueError, match=r"'upsample' needs image sides divisible by 4.*\[3, 18, 18\]"):
+        ModelConfig(**{**SMALL, "input_size": (3, 18, 18), "image_decoder": "upsample"})
+
+
+@pytest.mark.parametrize(("kind", "size"), [("small", 12), ("iodine", 12), ("upsample", 16)])
 def test_broadcast_first_conv_matches_tiling(kind, size):
     torch.manual_seed(1)
     decoder = SpatialBroadcastDecoder(kind, 6, size, size)
@@ -431,11 +459,11 @@ def test_hierarchical_kl_wires_the_layers_as_the_original(bottom_up):
         torch.testing.assert_close(refinement_prior.loc, model.hvae_networks.indep_prior(locs[1]).loc)
 
 
-@pytest.mark.parametrize("likelihood", ["gaussian", "gmm"])
-def test_decoder_chunks_give_the_same_outputs_and_gradients_as_the_plain_backward(likelihood):
+@pytest.mark.parametrize(("likelihood", "decoder_kind"), [("gaussian", "small"), ("gmm", "small"), ("gaussian", "upsample")])
+def test_decoder_chunks_give_the_same_outputs_and_gradients_as_the_plain_backward(likelihood, decoder_kind):
     """The chunked in-forward decoder backward (one image per chunk) against one chunk and against the
     plain path (no shortcut): forward values and every parameter's gradient to float tolerance."""
-    model = small_model(image_likelihood=likelihood)
+    model = small_model(image_likelihood=likelihood, image_decoder=decoder_kind)
     decoder = model.hvae_networks.image_decoder
     calls: list[int] = []
     decoder.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))

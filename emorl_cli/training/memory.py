@@ -34,6 +34,8 @@ def decoder_activations(kind: str, height: int, width: int) -> int:
         return 32 * 3 * (height + 2) * (width + 2)
     if kind == "iodine":  # 4 × 64 channels on a grid shrinking from (H+8)² to (H+2)²
         return 64 * 4 * (height + 5) * (width + 5)
+    if kind == "upsample":  # one layer at H×W, two at (H/2)², two at (H/4)² (32 channels; 64 allowed for)
+        return 64 * 13 * height * width // 8
     # big: transposed convolutions from H/16 up: two layers at H×W, the smaller ones add about a third
     return 64 * 7 * height * width // 3
 
