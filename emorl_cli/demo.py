@@ -18,7 +18,7 @@ from typing import Any, Optional
 from emorl_cli.config import Config, config_from_dict, config_to_dict, load_config
 from emorl_cli.data.registry import DATASETS
 from emorl_cli.data.synth import synthesize
-from emorl_cli.demo_pace import PaceCheck
+from emorl_cli.training.pace import PaceCheck
 from emorl_cli.errors import InputError
 from emorl_cli.evaluate.ari_report import format_stats
 from emorl_cli.files import ensure_writable_folder, refuse_links

@@ -1,11 +1,11 @@
-"""The demo's pace check: a note, once, when the budget cannot reach the steps behind the README's figure."""
+"""The pace check of time-budgeted runs (the demo): a note, once, when the budget cannot reach a figure's steps."""
 
 from __future__ import annotations
 
 import math
 
 from emorl_cli import demo as demo_module
-from emorl_cli.demo_pace import PaceCheck
+from emorl_cli.training.pace import PaceCheck
 from emorl_cli.training.progress import NullTrainingProgress, TrainingStatus
 
 

@@ -1,4 +1,4 @@
-"""The demo's pace check: say early when this machine cannot reach the README's figure in the budget.
+"""A pace check for runs with a time budget: say early when this machine cannot reach a figure's steps in it.
 
 The demo's budget is minutes, but what the model learns depends on the steps it makes, and CPUs differ by
 several times here (a CPU with native bf16 makes about 1,900 Tetrominoes demo steps in 10 minutes on one
