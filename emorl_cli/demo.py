@@ -18,10 +18,10 @@ from typing import Any, Optional
 from emorl_cli.config import Config, config_from_dict, config_to_dict, load_config
 from emorl_cli.data.registry import DATASETS
 from emorl_cli.data.synth import synthesize
-from emorl_cli.training.pace import PaceCheck
 from emorl_cli.errors import InputError
 from emorl_cli.evaluate.ari_report import format_stats
 from emorl_cli.files import ensure_writable_folder, refuse_links
+from emorl_cli.training.pace import PaceCheck
 from emorl_cli.training.precision import cpu_has_native_bf16
 from emorl_cli.training.progress import TrainingProgress
 
@@ -164,9 +164,7 @@ def run_demo(
         reserve = _reserve(budget, cfg.test_refinement_iters(), spec.reserve_scale)
         train_seconds = max(1.0, budget - (time.perf_counter() - started) - reserve)
         if spec.reference_steps is not None:
-            progress = PaceCheck(
-                progress, spec.reference_steps, spec.reference, extra_seconds=budget - train_seconds
-            )
+            progress = PaceCheck(progress, spec.reference_steps, spec.reference, extra_seconds=budget - train_seconds)
         result = train(cfg, run, progress=progress, max_seconds=train_seconds)
         checkpoint, steps = result.last_checkpoint, result.start_step + result.steps
         paths["run"], paths["checkpoint"] = run, checkpoint

@@ -459,7 +459,9 @@ def test_hierarchical_kl_wires_the_layers_as_the_original(bottom_up):
         torch.testing.assert_close(refinement_prior.loc, model.hvae_networks.indep_prior(locs[1]).loc)
 
 
-@pytest.mark.parametrize(("likelihood", "decoder_kind"), [("gaussian", "small"), ("gmm", "small"), ("gaussian", "upsample")])
+@pytest.mark.parametrize(
+    ("likelihood", "decoder_kind"), [("gaussian", "small"), ("gmm", "small"), ("gaussian", "upsample")]
+)
 def test_decoder_chunks_give_the_same_outputs_and_gradients_as_the_plain_backward(likelihood, decoder_kind):
     """The chunked in-forward decoder backward (one image per chunk) against one chunk and against the
     plain path (no shortcut): forward values and every parameter's gradient to float tolerance."""

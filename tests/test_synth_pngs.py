@@ -43,7 +43,7 @@ def test_imported_pictures_segment_exactly_as_the_synthetic_file(cli, tmp_path):
     # the import renumbers and splits; match each imported image to its source by its pixels
     matched = 0
     for imgs, masks in imported.values():
-        for image, mask in zip(imgs, masks):
+        for image, mask in zip(imgs, masks, strict=True):
             i = next(j for j in range(10) if np.array_equal(expected["imgs"][j], image))
             truth = expected["masks"][i, ..., 0].argmax(axis=0).ravel()
             got = mask[..., 0].argmax(axis=0).ravel()
@@ -79,7 +79,8 @@ def test_the_cpu_preset_trains_scores_and_draws_imported_pictures(cli, tmp_path,
     assert imported.exit_code == 0, imported.output
     run = tmp_path / "run"
     tiny = ["model.z_size=8", "model.decoder_width=8", "model.encoder_width=8", "training.batch_size=2",
-            "training.iters=4", "training.eval_every=2", "training.checkpoint_every=2", "eval.num_images=4"]  # fmt: skip
+            "training.iters=4", "training.eval_every=2", "training.checkpoint_every=2",
+            "eval.num_images=4"]  # fmt: skip
     trained = cli("train", "custom_cpu", "--data-dir", data, "--out", run, *set_options(*tiny))
     assert trained.exit_code == 0, trained.output
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

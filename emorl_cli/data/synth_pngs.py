@@ -62,7 +62,7 @@ def write_png_folders(
         for start in range(0, n, gen.CHUNK):
             chunk = gen.generate(min(gen.CHUNK, n - start), rng)
             labels = label_maps(chunk["masks"])
-            for i, (image, label) in enumerate(zip(chunk["imgs"], labels)):
+            for i, (image, label) in enumerate(zip(chunk["imgs"], labels, strict=True)):
                 stem = f"{start + i:0{width}d}.png"
                 Image.fromarray(image, "RGB").save(staging / "images" / stem)
                 Image.fromarray(label, "L").save(staging / "labels" / stem)

@@ -15,9 +15,10 @@ The original fixes the `big` grid at 6×6 (96×96 output); H/16 gives the same t
 A fourth kind is emorl's own, not the paper's: `upsample`, for CPUs, where the full-size grids of `iodine` are
 most of a 64×64 training step. It broadcasts z over an (H/4)×(W/4) grid and doubles the grid twice:
 
-| kind       | grid        | layers                                                                            |
-| ---------- | ----------- | --------------------------------------------------------------------------------- |
-| `upsample` | (H/4)×(W/4) | 2 × Conv 3×3 pad 1, ConvT 4×4 stride 2, Conv 3×3 pad 1, ConvT 4×4 stride 2 (ReLU), Conv 3×3 pad 1 → 4 |
+| kind       | grid        | layers (32 channels, ReLU)                                                      |
+| ---------- | ----------- | ------------------------------------------------------------------------------- |
+| `upsample` | (H/4)×(W/4) | 2 × Conv 3×3 pad 1, ConvT 4×4 stride 2, Conv 3×3 pad 1, ConvT 4×4 stride 2, … |
+|            |             | … Conv 3×3 pad 1 → 4                                                            |
 
 At 64×64 and width 32 it does about a quarter of `iodine`'s multiply-adds per slot (38 M against 140 M).
 
