@@ -7,12 +7,13 @@ import json
 import h5py
 import numpy as np
 import pytest
-from helpers import set_options
+from helpers import hold_lock_in_another_process, set_options
 from PIL import Image
 from sklearn.metrics import adjusted_rand_score
 
 from emorl_cli.data import synth_dsprites
 from emorl_cli.data.synth import split_rng
+from emorl_cli.data.synth_pngs import STAGING_PREFIX
 from emorl_cli.training.run_logs import EVAL_SPLIT
 
 
@@ -61,6 +62,20 @@ def test_existing_picture_folders_are_kept_without_force(cli, tmp_path):
     again = cli("data", "synth", "tetrominoes", "--png", "--train", "2", "--out", tmp_path, "--seed", "9", "--force")
     assert again.exit_code == 0, again.output
     assert len(list((tmp_path / "images").iterdir())) == 2  # replaced, not merged
+
+
+def test_a_second_run_on_a_held_folder_is_refused_and_a_killed_run_s_staging_is_cleared(cli, tmp_path):
+    holder = hold_lock_in_another_process(tmp_path)
+    try:
+        busy = cli("data", "synth", "tetrominoes", "--png", "--train", "2", "--out", tmp_path)
+        assert busy.exit_code == 1 and f"PID {holder.pid}" in busy.output
+        assert not (tmp_path / "images").exists() and not (tmp_path / "labels").exists()
+    finally:
+        holder.communicate("")
+    leftover = tmp_path / f"{STAGING_PREFIX}killed"  # what kill -9 mid-write leaves
+    (leftover / "images").mkdir(parents=True)
+    assert cli("data", "synth", "tetrominoes", "--png", "--train", "2", "--out", tmp_path).exit_code == 0
+    assert not leftover.exists() and len(list((tmp_path / "images").iterdir())) == 2
 
 
 def test_png_needs_training_images(cli, tmp_path):
