@@ -47,13 +47,15 @@ def split_rng(seed: int, split: str) -> np.random.Generator:
 
 def generate(name: str, n: int, seed: int = 0, split: str = "train") -> dict[str, np.ndarray]:
     """`n` images of a synthetic dataset in memory (imgs, masks, factors), as the files would hold them."""
-    gen = _generator(name)
+    gen = generator_module(name)
     rng = split_rng(seed, split)
     parts = [gen.generate(min(gen.CHUNK, n - s), rng) for s in range(0, n, gen.CHUNK)]
     return {k: np.concatenate([p[k] for p in parts]) for k in ("imgs", "masks", "factors")}
 
 
-def _generator(name: str) -> ModuleType:
+def generator_module(name: str) -> ModuleType:
+    """The generator module of a synthetic dataset (`layout`, `generate`, `CHUNK`), or a DataError naming the
+    choices."""
     if name not in GENERATORS:
         raise DataError(f"no synthetic generator for {name!r}; choose one of: {', '.join(SYNTH_DATASETS)}")
     return GENERATORS[name]
@@ -80,12 +82,12 @@ def synthesize(
     Raises:
         DataError: unknown name, negative count, or an existing file without `force`.
     """
-    _generator(name)
+    generator_module(name)
     out_dir = Path(out_dir)
     counts = {"train": n_train, "test": n_test}
     if any(n < 0 for n in counts.values()) or sum(counts.values()) == 0:
         raise DataError(f"--train and --test must be ≥ 0 and not both 0, got {n_train} and {n_test}")
-    layouts = _generator(name).layout(n_train + n_test).values()
+    layouts = generator_module(name).layout(n_train + n_test).values()
     needed = sum(int(np.prod(shape, dtype=np.float64)) * np.dtype(dtype).itemsize for shape, dtype in layouts)
     check_disk_space(out_dir, needed, f"{n_train:,} training and {n_test:,} test images", "--train or --test")
     # one synth (or fetch) per folder: the manifest is read, changed and written back
@@ -97,7 +99,7 @@ def synthesize(
 def _write_splits(
     name: str, out_dir: Path, counts: dict[str, int], seed: int, force: bool, progress: Progress
 ) -> list[SynthFile]:
-    gen = _generator(name)
+    gen = generator_module(name)
     spec = DATASETS[name]
     targets = {split: out_dir / spec.file_for(split) for split, n in counts.items() if n > 0}
     existing = [p for p in targets.values() if p.exists()]

@@ -22,7 +22,7 @@ from PIL import Image
 
 from emorl_cli.data.progress import NullProgress, Progress
 from emorl_cli.data.space import check_disk_space
-from emorl_cli.data.synth import _generator, split_rng
+from emorl_cli.data.synth import generator_module, split_rng
 from emorl_cli.errors import DataError
 from emorl_cli.files import refuse_links
 from emorl_cli.locks import lock_folder
@@ -44,7 +44,7 @@ def write_png_folders(
     Returns {"images": folder, "labels": folder}. Raises DataError when a folder exists (without `force`)
     or cannot be written.
     """
-    gen = _generator(name)
+    gen = generator_module(name)
     if n <= 0:
         raise DataError(f"--png writes the --train images; --train must be positive, got {n}")
     out_dir = Path(out_dir)
