@@ -223,6 +223,16 @@ def test_cli_synth_writes_zenodo_named_files_usable_by_configs(tmp_path, name, t
         assert np.array_equal(f["train/imgs"][()], generate(name, 40, seed=0, split="train")["imgs"])
 
 
+def test_synth_writes_its_default_test_count_when_test_is_left_out(tmp_path):
+    from emorl_cli.cli.data_cmd import DEFAULT_SYNTH_TEST
+
+    result = runner.invoke(app, ["data", "synth", "tetrominoes", "--out", str(tmp_path), "--train", "0"])
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "tetrominoes.h5").exists()
+    with h5py.File(tmp_path / "tetrominoes_test.h5", "r") as f:
+        assert f["test/imgs"].shape[0] == DEFAULT_SYNTH_TEST == 1_000
+
+
 def test_synth_refuses_to_overwrite_without_force(tmp_path):
     (tmp_path / "tetrominoes.h5").write_bytes(b"real data")
     result = runner.invoke(app, ["data", "synth", "tetrominoes", "--out", str(tmp_path), "--train", "5", "--test", "0"])

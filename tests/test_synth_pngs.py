@@ -84,6 +84,12 @@ def test_png_needs_training_images(cli, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_png_refuses_a_test_count_it_would_not_write(cli, tmp_path):
+    result = cli("data", "synth", "tetrominoes", "--png", "--train", "2", "--test", "5", "--out", tmp_path)
+    assert result.exit_code == 1 and "--test 5 does not apply with --png" in result.output
+    assert "--split-test" in result.output and list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("with_masks", [True, False])
 def test_the_cpu_preset_trains_scores_and_draws_imported_pictures(cli, tmp_path, with_masks):
     """The import path end to end with `custom_cpu.yaml` (tiny sizes: the path, not the learning)."""

@@ -178,6 +178,9 @@ def _downloaded_line(name: str, check: str, note: str) -> str:
 # --------------------------------------------------------------------------------------------- synth
 
 
+DEFAULT_SYNTH_TEST = 1_000  # test images `data synth` writes unless --test says otherwise
+
+
 class SynthName(str, Enum):
     tetrominoes = "tetrominoes"
     multi_dsprites = "multi_dsprites"
@@ -191,8 +194,15 @@ def synth(
         int, typer.Option("--train", help="Training images (0: no training file).", callback=in_range("images", 0))
     ] = 10_000,
     test: Annotated[
-        int, typer.Option("--test", help="Test images (0: no test file).", callback=in_range("images", 0))
-    ] = 1_000,
+        Optional[int],
+        typer.Option(
+            "--test",
+            help=f"Test images (0: no test file; default {DEFAULT_SYNTH_TEST:,}). Not with --png: `emorl data "
+            "import --split-test` makes the test split.",
+            callback=in_range("images", 0),
+            show_default=False,
+        ),
+    ] = None,
     seed: Annotated[
         int, typer.Option("--seed", help="Random seed; the same seed gives the same files.", callback=seed_check())
     ] = 0,
@@ -219,6 +229,12 @@ def synth(
     if png:
         from emorl_cli.data.synth_pngs import write_png_folders
 
+        if test is not None:
+            raise InputError(
+                f"--test {test} does not apply with --png (it writes training pictures only); leave it out and "
+                "choose the test share at import: emorl data import … --split-test 0.1"
+            )
+
         stopping.on_stop(lambda: f"nothing was written into {out}; run `{stopping.rerun_command()}` again")
         folders = write_png_folders(name.value, out, train, seed, force=force, progress=RichProgress())
         console.print(
@@ -241,6 +257,7 @@ def synth(
         again = stopping.rerun_command("--force")
         return f"kept {which}, the file being written was discarded; write them with `{again}`"
 
+    test = DEFAULT_SYNTH_TEST if test is None else test
     stopping.on_stop(kept)
     files = synthesize(name.value, out, train, test, seed, force=force, progress=RichProgress())
     for f in files:
