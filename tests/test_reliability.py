@@ -394,6 +394,19 @@ def test_case8_a_config_too_big_for_memory_is_refused_with_the_estimate_before_a
     assert not (tmp_path / "big" / "checkpoints").exists()
 
 
+def test_the_memory_estimate_follows_the_decoder_width():
+    """A narrower decoder (`model.decoder_width`) keeps fewer activations: its part of the estimate shrinks in
+    proportion, so a narrow 64×64 config is not refused for memory a paper-width decoder would need."""
+    from emorl_cli.training.memory import training_step_bytes
+
+    def estimate(width):
+        return training_step_bytes(load_config("demo_multi_dsprites", [f"model.decoder_width={width}"]), 16)
+
+    # the decoder part is linear in the width, the rest (encoder, parameters) nearly fixed
+    assert estimate(16) < estimate(32) < estimate(64)
+    assert (estimate(64) - estimate(32)) == pytest.approx(2 * (estimate(32) - estimate(16)), rel=0.02)
+
+
 def test_case8_the_memory_estimate_is_a_lower_bound_of_a_measured_step():
     """Oracles: the peak RSS of one real training step (in a fresh process) is at least the estimate, and the
     estimate is at least half of what the step's autograd graph saves for the backward pass."""

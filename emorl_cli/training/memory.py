@@ -6,9 +6,10 @@ H×W image) and per-pixel features of the encoder, the attention and the likelih
     bytes ≈ b · (B·K·A_dec + B·H·W·PIXEL_FEATURES) + 16 · parameters
 
 with b = 4 (float32) or 2 (bf16/fp16 autocast) and A_dec the decoder's hidden activations per slot
-(channels × layers × grid area). Measured on a CPU (peak RSS of one step, a quiet machine) for the shipped
-configs and variants of K, L, I, B and precision, a step used 1.3–2.5 times this, so it is a lower bound: a
-config whose estimate exceeds the free memory cannot train, and is refused before it allocates anything.
+(`model.decoder_width` channels × layers × grid area). Measured on a CPU (peak RSS of one step, a quiet
+machine) for the shipped configs and variants of K, L, I, B and precision, a step used 1.3–2.5 times this,
+so it is a lower bound: a config whose estimate exceeds the free memory cannot train, and is refused before it
+allocates anything.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from emorl_cli.config import Config
 from emorl_cli.data.batches import available_memory_bytes
 from emorl_cli.errors import TrainingError
+from emorl_cli.model.decoder import DEFAULT_WIDTH
 
 # Activations per pixel of each image outside the decoder (encoder, attention, likelihood), fitted low.
 PIXEL_FEATURES = 700
@@ -28,16 +30,19 @@ PIXEL_FEATURES = 700
 SKIP_ENV = "EMORL_SKIP_MEMORY_CHECK"
 
 
-def decoder_activations(kind: str, height: int, width: int) -> int:
-    """Hidden activations one slot's decode produces (channels × layers × grid area, approximately)."""
-    if kind == "small":  # 3 × 32 channels on a grid shrinking from (H+4)² to H²
-        return 32 * 3 * (height + 2) * (width + 2)
-    if kind == "iodine":  # 4 × 64 channels on a grid shrinking from (H+8)² to (H+2)²
-        return 64 * 4 * (height + 5) * (width + 5)
-    if kind == "upsample":  # one layer at H×W, two at (H/2)², two at (H/4)² (32 channels; 64 allowed for)
-        return 64 * 13 * height * width // 8
+def decoder_activations(kind: str, height: int, width: int, channels: Optional[int] = None) -> int:
+    """Hidden activations one slot's decode produces (channels × layers × grid area, approximately).
+
+    `channels`: `model.decoder_width` (None: the kind's own, `DEFAULT_WIDTH`)."""
+    c = channels or DEFAULT_WIDTH[kind]
+    if kind == "small":  # 3 layers on a grid shrinking from (H+4)² to H²
+        return c * 3 * (height + 2) * (width + 2)
+    if kind == "iodine":  # 4 layers on a grid shrinking from (H+8)² to (H+2)²
+        return c * 4 * (height + 5) * (width + 5)
+    if kind == "upsample":  # one layer at H×W, two at (H/2)², two at (H/4)²; twice the channels allowed for
+        return 2 * c * 13 * height * width // 8
     # big: transposed convolutions from H/16 up: two layers at H×W, the smaller ones add about a third
-    return 64 * 7 * height * width // 3
+    return c * 7 * height * width // 3
 
 
 def training_step_bytes(cfg: Config, batch: int) -> int:
@@ -46,7 +51,8 @@ def training_step_bytes(cfg: Config, batch: int) -> int:
 
     _, h, w = cfg.model.input_size
     per_value = 2 if cfg.training.mixed_precision in ("bf16", "fp16") else 4
-    per_image = cfg.model.K * decoder_activations(cfg.model.image_decoder, h, w) + PIXEL_FEATURES * h * w
+    decoder = decoder_activations(cfg.model.image_decoder, h, w, cfg.model.decoder_width)
+    per_image = cfg.model.K * decoder + PIXEL_FEATURES * h * w
     with torch.device("meta"):  # counts the parameters without allocating them
         parameters = sum(p.numel() for p in build_model(cfg.model).parameters())
     return per_value * batch * per_image + 16 * parameters
