@@ -50,6 +50,11 @@ DEFAULT_WIDTH = {"small": 32, "iodine": 64, "big": 64, "upsample": 32}
 UPSAMPLE_FACTOR = 4
 
 
+def hidden_channels(kind: str, channels: int | None = None) -> int:
+    """The decoder's hidden width: `channels` (`model.decoder_width`), or the kind's own when None."""
+    return channels or DEFAULT_WIDTH.get(kind, 0)
+
+
 def _layers(kind: str, z_size: int, width: int) -> nn.Sequential:
     if kind == "small":
         return nn.Sequential(
@@ -202,7 +207,7 @@ class SpatialBroadcastDecoder(nn.Module):
     def __init__(self, kind: str, z_size: int, height: int, width: int, channels: int | None = None):
         super().__init__()
         self.kind = kind
-        self.decode = _layers(kind, z_size, channels or DEFAULT_WIDTH.get(kind, 0))
+        self.decode = _layers(kind, z_size, hidden_channels(kind, channels))
         self.pos_embed_projection = nn.Linear(4, z_size)
         gh, gw = grid_size(kind, height, width)
         self.register_buffer("grid", position_grid(gh, gw), persistent=False)  # [Gh, Gw, 4]

@@ -22,7 +22,7 @@ import torch
 from emorl_cli.config import Config
 from emorl_cli.data.batches import available_memory_bytes
 from emorl_cli.errors import TrainingError
-from emorl_cli.model.decoder import DEFAULT_WIDTH
+from emorl_cli.model.decoder import hidden_channels
 
 # Activations per pixel of each image outside the decoder (encoder, attention, likelihood), fitted low.
 PIXEL_FEATURES = 700
@@ -33,8 +33,8 @@ SKIP_ENV = "EMORL_SKIP_MEMORY_CHECK"
 def decoder_activations(kind: str, height: int, width: int, channels: Optional[int] = None) -> int:
     """Hidden activations one slot's decode produces (channels × layers × grid area, approximately).
 
-    `channels`: `model.decoder_width` (None: the kind's own, `DEFAULT_WIDTH`)."""
-    c = channels or DEFAULT_WIDTH[kind]
+    `channels`: `model.decoder_width` (None: the kind's own)."""
+    c = hidden_channels(kind, channels)
     if kind == "small":  # 3 layers on a grid shrinking from (H+4)² to H²
         return c * 3 * (height + 2) * (width + 2)
     if kind == "iodine":  # 4 layers on a grid shrinking from (H+8)² to (H+2)²
