@@ -82,12 +82,12 @@ def synthesize(
     Raises:
         DataError: unknown name, negative count, or an existing file without `force`.
     """
-    generator_module(name)
+    gen = generator_module(name)
     out_dir = Path(out_dir)
     counts = {"train": n_train, "test": n_test}
     if any(n < 0 for n in counts.values()) or sum(counts.values()) == 0:
         raise DataError(f"--train and --test must be ≥ 0 and not both 0, got {n_train} and {n_test}")
-    layouts = generator_module(name).layout(n_train + n_test).values()
+    layouts = gen.layout(n_train + n_test).values()
     needed = sum(int(np.prod(shape, dtype=np.float64)) * np.dtype(dtype).itemsize for shape, dtype in layouts)
     check_disk_space(out_dir, needed, f"{n_train:,} training and {n_test:,} test images", "--train or --test")
     # one synth (or fetch) per folder: the manifest is read, changed and written back
