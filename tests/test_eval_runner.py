@@ -18,6 +18,7 @@ from emorl_cli.evaluate.runner import (
     decoded_masks,
     evaluate_ari,
     evaluate_dci,
+    slot_spread,
     summarize_records,
     take_images,
 )
@@ -83,6 +84,7 @@ class StandIn(nn.Module):
             kl=torch.full((b,), 7.0),
             nll=torch.full((b,), -3.0),
             posterior_loc=z,
+            posterior_scale=torch.full_like(z, 2.0),
             samples=z,
             trace=[stage, refined] if record else None,
         )
@@ -142,6 +144,21 @@ def test_evaluate_ari_records_and_summary():
     assert summary["fg_ari"]["mean"] == pytest.approx(1.0)
     assert summary["kl"]["mean"] == 7.0 and summary["nll"]["mean"] == -3.0
     assert summary["mse"]["mean"] < 1e-3
+
+
+def test_slot_spread_is_the_std_over_slots_in_units_of_sigma():
+    batches = _scenes(4)
+    records = evaluate_ari(StandIn(), None, batches)
+    codes = StandIn().codes(batches[0]["imgs"]).numpy()  # [B, K, D]
+    expected = codes.std(axis=1).mean(axis=1) / 2.0  # numpy's std is the population std; σ = 2 in StandIn
+    assert [r["slot_spread"] for r in records] == pytest.approx(expected.tolist(), rel=1e-6)
+    assert summarize_records(records)["slot_spread"]["mean"] == pytest.approx(expected.mean(), rel=1e-6)
+
+
+def test_slot_spread_is_zero_for_identical_slots_and_none_without_sigma():
+    loc = torch.randn(3, 1, 5).expand(3, 4, 5)  # [B, K, D], every slot the same
+    assert slot_spread(loc, torch.ones(3, 4, 5)).tolist() == [0.0, 0.0, 0.0]
+    assert slot_spread(loc, None) is None
 
 
 def test_evaluate_ari_upsamples_to_larger_ground_truth():
@@ -229,8 +246,23 @@ def test_the_real_model_runs_through_every_pipeline(tmp_path):
     batches = _scenes(4)
     records = evaluate_ari(model, Objective.elbo(), batches)
     assert len(records) == 4 and all(r["kl"] is not None and math.isfinite(r["mse"]) for r in records)
+    assert all(math.isfinite(r["slot_spread"]) for r in records)
     make_viz(model, Objective.elbo(), batches, tmp_path / "viz", num_images=1)
     with Image.open(tmp_path / "viz" / "image_0.png") as im:
         assert im.size[1] == 2 * 13 + 4 + 3 * (96 + 2) + 2  # rows: layer 1, layer 2, refine 1
     result = make_gifs(model, Objective.elbo(), batches, tmp_path / "gifs", num_images=4, top_k=2, frames=3)
     assert len(result["gifs"]) == 4 * 2
+
+
+@pytest.mark.parametrize("gain, alike", [(0.02, True), (1.0, False)])
+def test_slot_spread_tells_alike_slots_from_distinct_ones(gain, alike):
+    """At the paper's init (gain 0.02) the image is invisible to the slots, so they end up with the same
+    posterior; at gain 1 they read the image differently from the first step."""
+    from emorl_cli.config import ModelConfig
+    from emorl_cli.model import Objective, build_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(K=4, z_size=8, input_size=(3, H, W), refinement_iters=1, image_decoder="small", init_gain=gain)
+    records = evaluate_ari(build_model(cfg).eval(), Objective.elbo(), _scenes(4))
+    spreads = [r["slot_spread"] for r in records]
+    assert all(s < 1e-3 for s in spreads) if alike else all(s > 0.02 for s in spreads)

@@ -20,7 +20,6 @@ from emorl_cli.errors import InputError
 
 app = typer.Typer(no_args_is_help=True)
 
-METRIC_LABELS = {"fg_ari": "FG-ARI", "ari": "ARI", "mse": "MSE", "kl": "KL", "nll": "NLL", "miou": "mIoU"}
 VariantOpt = Annotated[
     Optional[list[str]],
     typer.Option(
@@ -49,6 +48,7 @@ def ari(
     """
     from emorl_cli.evaluate.ari_report import format_stats, run_ari_eval
     from emorl_cli.evaluate.clevrtex_report import open_variants, run_clevrtex_eval
+    from emorl_cli.viz.pages import METRIC_LABELS
 
     loaded = opts.load()
     cfg = loaded.cfg
@@ -131,6 +131,7 @@ def _clevrtex_table(report, loaded, split: str, refinement_iters: Optional[int])
     """`eval ari` on ClevrTex: one table row per variant."""
     from emorl_cli.evaluate.ari_report import format_stats
     from emorl_cli.evaluate.clevrtex_report import CLEVRTEX_METRICS
+    from emorl_cli.viz.pages import METRIC_LABELS
 
     iters = loaded.refinement_iters(refinement_iters)
     table = Table(

@@ -29,6 +29,7 @@ __all__ = [
     "take_images",
     "model_device",
     "image_metrics",
+    "slot_spread",
     "evaluate_ari",
     "summarize_records",
     "decoded_masks",
@@ -37,7 +38,7 @@ __all__ = [
     "evaluate_dci",
 ]
 
-METRICS = ("fg_ari", "ari", "mse", "kl", "nll")
+METRICS = ("fg_ari", "ari", "mse", "kl", "nll", "slot_spread")
 Batch = Mapping[str, Any]
 Progress = Optional[Callable[[int], None]]  # called with the number of images just finished
 
@@ -63,12 +64,28 @@ def _upsampling(pred_hw: tuple[int, ...], true_hw: tuple[int, ...], mode: Upsamp
     return None if pred_hw == true_hw else mode
 
 
+def slot_spread(posterior_loc: torch.Tensor, posterior_scale: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """How far apart an image's K slots are, in units of their posterior noise: [B] (None without σ).
+
+    The standard deviation over the K slots of the posterior means μ [B, K, D] (population std), averaged
+    over the D dimensions, divided by the mean posterior σ [B, K, D] of the image. Near 0 the slots hold the
+    same posterior (they all read the same thing, typically the background); slots that hold different
+    objects are apart by a good fraction of σ or more.
+    """
+    if posterior_scale is None:
+        return None
+    loc = posterior_loc.float()
+    spread = loc.std(dim=1, correction=0).mean(dim=1)  # [B]
+    return spread / posterior_scale.float().mean(dim=(1, 2))  # [B]
+
+
 def image_metrics(out: Any, true_masks: Optional[torch.Tensor], upsample_mode: UpsampleMode) -> list[dict[str, Any]]:
-    """Per image of a forward pass: {"fg_ari", "ari", "mse", "kl", "nll"} of its final stage.
+    """Per image of a forward pass: {"fg_ari", "ari", "mse", "kl", "nll", "slot_spread"} of its final stage.
 
     fg_ari and ari are None without ground-truth masks [B,O,1,Hm,Wm] (NaN for fg_ari when an image has no
-    foreground), kl and nll None for models without them (Slot Attention).
+    foreground), kl, nll and slot_spread None for models without them (Slot Attention).
     """
+    spread = slot_spread(out.posterior_loc, out.posterior_scale)
     fg = full = None
     if true_masks is not None:
         masks = out.masks.float().cpu()  # [B,K,1,H,W]
@@ -82,6 +99,7 @@ def image_metrics(out: Any, true_masks: Optional[torch.Tensor], upsample_mode: U
             "mse": float(out.mse[b]),
             "kl": None if out.kl is None else float(out.kl[b]),
             "nll": None if out.nll is None else float(out.nll[b]),
+            "slot_spread": None if spread is None else float(spread[b]),
         }
         for b in range(out.mse.shape[0])
     ]
@@ -111,9 +129,9 @@ def evaluate_ari(
         progress: optional callback, called with the images finished after each batch.
         require_masks: raise when a batch has no ground-truth masks; with False such images get no ARI.
     Returns:
-        One record per (image, sample): {"index", "sample", "fg_ari", "ari", "mse", "kl", "nll"}; kl and nll are
-        None for models without them (Slot Attention), fg_ari and ari for images without masks; fg_ari is NaN
-        for an image without foreground.
+        One record per (image, sample): {"index", "sample", "fg_ari", "ari", "mse", "kl", "nll", "slot_spread"};
+        kl, nll and slot_spread are None for models without them (Slot Attention), fg_ari and ari for images
+        without masks; fg_ari is NaN for an image without foreground.
     """
     if samples < 1:
         raise EmorlError(f"samples must be ≥ 1, got {samples}")

@@ -22,12 +22,11 @@ from typing import Any, Optional
 from emorl_cli.checkpoint import load_checkpoint, save_checkpoint
 from emorl_cli.config import Config, config_to_dict
 from emorl_cli.evaluate.ari_report import run_ari_eval
+from emorl_cli.evaluate.runner import METRICS
 from emorl_cli.evaluate.session import LoadedModel, open_eval_split
 from emorl_cli.training.run_logs import EVAL_SPLIT
 
 BEST_NAME = "best.pt"
-# Figures copied from the evaluation summary into each row (means over images), and their spread.
-ROW_METRICS = ("fg_ari", "ari", "mse", "kl", "nll")
 
 
 @dataclass(frozen=True)
@@ -48,7 +47,7 @@ class BestRule:
 def eval_row(summary: dict[str, dict[str, float]], num_images: int, eval_seconds: float) -> dict[str, Any]:
     """The metrics.jsonl row of one evaluation (without `step` and `seconds`, which the loop adds)."""
     row: dict[str, Any] = {"split": EVAL_SPLIT, "num_images": num_images}
-    for metric in ROW_METRICS:
+    for metric in METRICS:  # means over images, and their std
         if metric in summary:
             row[metric] = _finite_or_none(summary[metric]["mean"])
             row[f"{metric}_std"] = _finite_or_none(summary[metric]["std"])

@@ -20,7 +20,16 @@ from emorl_cli.viz.html import write_index_html
 
 __all__ = ["METRIC_LABELS", "write_stage_pages"]
 
-METRIC_LABELS = {"fg_ari": "FG-ARI", "ari": "ARI", "mse": "MSE", "kl": "KL", "nll": "NLL"}
+# How the evaluation figures are named on pages and in tables (`emorl eval` prints them too)
+METRIC_LABELS = {
+    "fg_ari": "FG-ARI",
+    "ari": "ARI",
+    "mse": "MSE",
+    "kl": "KL",
+    "nll": "NLL",
+    "miou": "mIoU",
+    "slot_spread": "slot spread",
+}
 
 
 def write_stage_pages(
