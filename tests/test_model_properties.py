@@ -423,6 +423,19 @@ def test_attention_temperature_divides_the_logits(kind):
     assert entropy(peaked) < entropy(flat)
 
 
+def test_position_scale_shrinks_only_the_encoders_position_projection():
+    paper, muted = small_model(init_gain=1.0), small_model(init_gain=1.0, position_scale=0.1)
+    theirs, ours = paper.state_dict(), muted.state_dict()
+    name = "hvae_networks.pos_embed_projection.weight"
+    torch.testing.assert_close(ours[name], 0.1 * theirs[name], rtol=0, atol=0)
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs if k != name)  # the same draws everywhere else
+    # the pixels' position then moves the attention keys less, across an image with no content
+    flat = torch.zeros(1, 3, 12, 12)
+    with torch.no_grad():
+        keys = [m.hvae_networks.encode(flat)[0][0] for m in (paper, muted)]  # [H*W, D] each
+    assert keys[1].var(dim=0).sum() < 0.5 * keys[0].var(dim=0).sum()
+
+
 # ---------------------------------------------------------------------------------------- hierarchical KL
 
 

@@ -57,6 +57,9 @@ class HVAENetworks(nn.Module):
 
         width = cfg.encoder_width
         self.pos_embed_projection = nn.Linear(4, width)
+        if cfg.position_scale != 1.0:
+            with torch.no_grad():
+                self.pos_embed_projection.weight.mul_(cfg.position_scale)  # the bias is the same at every pixel
         self.encoder_pt_1 = conv_stack(c, width)
         self.encoder_pt_2 = token_mlp(width)
         self.norm_slots = nn.LayerNorm(d)

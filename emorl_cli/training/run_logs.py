@@ -7,7 +7,8 @@ metrics.jsonl holds two kinds of rows:
   with its loss, NLL, KL, MSE, learning rate, … and `seconds` (wall time of the run so far);
 - evaluation rows (`"split": "test"`), every `training.eval_every` steps and at the end: `step` is the
   number of updates the evaluated weights have had (the step of `checkpoints/step_NNNNNNN.pt`), with the
-  test-split `fg_ari`, `ari`, `mse`, `kl`, `nll`, `slot_spread`, `loss` (means over images), `seconds` and `eval_seconds`.
+  test-split `fg_ari`, `ari`, `mse`, `kl`, `nll`, `slot_spread`, `loss` (means over images), `seconds` and
+  `eval_seconds`.
 
 `seconds` counts from the start of the run and goes on across `--resume`.
 """
