@@ -3,7 +3,8 @@
 Starting from λ⁰ (a learned [μ, s] shared by all slots), each layer l = 1..L
 
     1. samples z^{l−1} ~ q(z; λ^{l−1}) for every slot,
-    2. reads the image with slot attention, queries from LayerNorm(z^{l−1}),
+    2. reads the image with slot attention, queries from LayerNorm(z^{l−1}) (model.layer_noise says how the
+       samples of l ≥ 2 are drawn),
     3. updates μ and s with the DualGRU (or one GRU on a projected update) plus a residual MLP each,
 
 giving the posterior q(z^l | x) = N(μ^l, σ(s^l)). The module also owns the image decoder and the learned
@@ -21,7 +22,7 @@ from torch import nn
 from emorl_cli.config import ModelConfig
 from emorl_cli.model.attention import attend
 from emorl_cli.model.decoder import SpatialBroadcastDecoder
-from emorl_cli.model.distributions import DiagonalGaussian, NoiseFn
+from emorl_cli.model.distributions import DiagonalGaussian, NoiseFn, standard_normal
 from emorl_cli.model.dual_gru import DualGRU
 from emorl_cli.model.encoder import conv_stack, encode_image, token_mlp
 from emorl_cli.model.prior import IndependentPrior
@@ -53,6 +54,7 @@ class HVAENetworks(nn.Module):
         d = cfg.z_size
         self.K, self.z_size, self.num_layers = cfg.K, d, cfg.stochastic_layers
         self.use_dual_gru = cfg.use_dual_gru
+        self.layer_noise = cfg.layer_noise
         self.scale = d**-0.5 / cfg.attention_temperature  # 1/(T·√D)
 
         width = cfg.encoder_width
@@ -113,7 +115,9 @@ class HVAENetworks(nn.Module):
         result = BottomUp(lamda)
         if self.num_layers == 0:
             return result
-        slots = DiagonalGaussian.from_params(lamda).rsample(noise)  # z⁰ [N, D]
+        start = DiagonalGaussian.from_params(lamda)
+        eps = standard_normal(start.loc.shape, start.loc, noise)  # ε [N, D], kept by 'shared'
+        slots = start.loc + start.std * eps  # z⁰ [N, D]
         for layer in range(self.num_layers):
             q = self.to_q(self.norm_slots(slots.view(b, self.K, d))) * self.scale  # [B, K, D]
             updates, attn = attend(q, keys, values)  # [B, K, D], [B, K, H*W]
@@ -124,8 +128,12 @@ class HVAENetworks(nn.Module):
             lamda = torch.cat([mu, sp], dim=1)  # λ^l [N, 2D]
             if layer < self.num_layers - 1:
                 posterior = DiagonalGaussian.from_params(lamda)
-                slots = posterior.rsample(noise)  # z^l [N, D]
+                if self.layer_noise == "shared":
+                    sample = posterior.loc + posterior.std * eps  # z^l [N, D], the slot's own ε again
+                else:
+                    sample = posterior.rsample(noise)  # z^l [N, D]
                 result.posteriors.append(posterior)
-                result.samples.append(slots)
+                result.samples.append(sample)
+                slots = mu if self.layer_noise == "none" else sample  # the next layer's query input [N, D]
         result.lamda = lamda
         return result
