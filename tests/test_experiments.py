@@ -20,7 +20,7 @@ from PIL import Image
 from emorl_cli.config import config_to_dict, load_config
 from emorl_cli.data.synth import synthesize
 from emorl_cli.errors import InputError
-from emorl_cli.experiments.report import Mark, build_report, cell, mean_std, table_rows, to_csv
+from emorl_cli.experiments.report import Mark, build_report, cell, mean_std, table_columns, table_rows, to_csv
 from emorl_cli.experiments.sweep import is_finished, parse_grid, parse_seeds, plan_runs, short_keys, split_values
 from emorl_cli.training.run_logs import eval_rows
 from emorl_cli.training.rundir import RunDir
@@ -181,6 +181,7 @@ def fake_run(folder: Path, seed: int, lr: float, fg_aris: list[float], mse: floa
     lines = [json.dumps({"step": 0, "loss": 1.0, "seconds": 0.5})]
     for i, value in enumerate(fg_aris, start=1):
         row = {"step": 100 * i, "split": "test", "fg_ari": value, "ari": value / 2, "mse": mse * i, "kl": 10.0 * i}
+        row["slot_spread"] = 0.25 * i
         lines.append(json.dumps({**row, "seconds": 30.0 * i}))
     (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     return folder
@@ -210,6 +211,7 @@ def test_report_gives_mean_and_sample_std_over_seeds_per_setting(tmp_path):
     assert by_label["lr=0.001"].figures(Mark("step", 50))["fg_ari"]["n"] == 0  # before the first evaluation
     row = next(r for r in table_rows(report) if r[0] == "lr=0.0007")
     assert row[1] == "3" and row[4] == "70.0 ± 20.0" and row[5] == "75.0 ± 20.0" and row[6] == "35.0 ± 10.0"
+    assert row[table_columns(report).index("slot spread")] == "0.50 ± 0.00"  # the final rows' 0.25 · 2
     csv_lines = to_csv(report).splitlines()
     assert csv_lines[0].startswith("setting,seeds,fg_ari_mean,fg_ari_std")
     assert len(csv_lines) == 3

@@ -28,7 +28,7 @@ from emorl_cli.json_input import read_json
 from emorl_cli.training.run_logs import eval_rows
 from emorl_cli.training.rundir import RunDir
 
-FIGURES = ("fg_ari", "ari", "mse", "kl")
+FIGURES = ("fg_ari", "ari", "mse", "kl", "slot_spread")
 SEED_KEY = "training.seed"
 # Config fields that say where things are, not what was trained: runs that differ only in them are seeds of
 # one setting (every `emorl demo --out D` synthesises the same data into its own D/data).
@@ -260,6 +260,7 @@ def cell(summary: dict[str, Any], scale: float = 1.0, fmt: str = "{:.1f}", of: O
 
 TABLE_COLUMNS = (
     "setting", "seeds", "steps", "minutes", "FG-ARI % (final)", "FG-ARI % (best)", "ARI %", "MSE", "KL",
+    "slot spread",
 )  # fmt: skip
 
 
@@ -285,6 +286,7 @@ def table_rows(report: Report) -> list[list[str]]:
                 cell(final["ari"], scale=100),
                 cell(final["mse"], fmt="{:.2e}"),
                 cell(final["kl"], fmt="{:.1f}"),
+                cell(final["slot_spread"], fmt="{:.2f}"),
                 *at,
             ]
         )
