@@ -123,7 +123,7 @@ def read_nll_curve(metrics: Path, pixels: int) -> tuple[np.ndarray, np.ndarray]:
     is skipped; evaluation rows, which carry a test-split NLL, are not part of the pilot's curve)."""
     from emorl_cli.training.run_logs import training_rows
 
-    rows = [r for r in training_rows(metrics) if "nll" in r]
+    rows = [r for r in training_rows(metrics) if isinstance(r.get("nll"), (int, float))]  # null: not finite
     return np.array([r["step"] for r in rows]), np.array([r["nll"] / pixels for r in rows], dtype=np.float64)
 
 

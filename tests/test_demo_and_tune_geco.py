@@ -110,6 +110,7 @@ def test_the_pilot_curve_leaves_out_evaluation_rows(tmp_path):
         {"step": 25, "nll": 150.0, "loss": 1.0},
         {"step": 25, "split": "test", "nll": -9000.0, "fg_ari": 0.1},  # periodic evaluation (eval_every)
         {"step": 50, "nll": 75.0, "loss": 1.0},
+        {"step": 75, "nll": None, "loss": None},  # a step whose loss was not finite (written as null)
     ]
     metrics.write_text("".join(json.dumps(row) + "\n" for row in rows))
     steps, nll = read_nll_curve(metrics, pixels=3)

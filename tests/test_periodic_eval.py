@@ -15,7 +15,7 @@ from emorl_cli.checkpoint import load_checkpoint
 from emorl_cli.data.synth import synthesize
 from emorl_cli.training.loop import train
 from emorl_cli.training.progress import NullTrainingProgress
-from emorl_cli.training.run_logs import eval_rows, read_rows, training_rows
+from emorl_cli.training.run_logs import MetricsLog, eval_rows, read_rows, training_rows
 from emorl_cli.training.rundir import RunDir
 
 EVAL = ["training.eval_every=2", "eval.num_images=6", "eval.batch_size=4"]
@@ -195,3 +195,20 @@ def test_train_with_a_time_budget_shows_minutes_and_never_an_eta(cli, synth_dir,
     lines = _train_output(cli, synth_dir, tmp_path / "run", "training.iters=2", "training.max_minutes=60")
     assert [line.split()[1] for line in lines] == ["1", "2"]
     assert all(" of 60.0 min (" in line and " left)" in line and "eta" not in line for line in lines)
+
+
+def test_metrics_log_writes_strict_json_with_null_for_non_finite_values(tmp_path):
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    log.write(0, {"loss": 1.5, "grad_norm": float("inf")})
+    log.write(1, {"loss": float("nan"), "grad_norm": -float("inf"), "lr": 1e-3})
+
+    def refuse(token):
+        raise AssertionError(f"{token} is not JSON")
+
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line, parse_constant=refuse) for line in lines] == [
+        {"step": 0, "loss": 1.5, "grad_norm": None},
+        {"step": 1, "loss": None, "grad_norm": None, "lr": 1e-3},
+    ]
+    log.truncate_for_resume(1)  # rewrites the kept rows: strict JSON too
+    assert [json.loads(line, parse_constant=refuse) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

@@ -10,13 +10,16 @@ metrics.jsonl holds two kinds of rows:
   test-split `fg_ari`, `ari`, `mse`, `kl`, `nll`, `slot_spread`, `loss` (means over images), `seconds` and
   `eval_seconds`.
 
-`seconds` counts from the start of the run and goes on across `--resume`.
+`seconds` counts from the start of the run and goes on across `--resume`. Every line is strict JSON: a value
+that is not finite (the loss of the step that diverged, an infinite gradient norm) is written as null, so
+that jq, JavaScript and pandas read the file as Python does.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +63,12 @@ def training_rows(path: Path) -> list[dict[str, Any]]:
     return [row for row in read_rows(path)[0] if not is_eval_row(row)]
 
 
+def json_line(row: dict[str, Any]) -> str:
+    """One metrics.jsonl line: `row` as strict JSON, non-finite floats as null."""
+    finite = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+    return json.dumps(finite, allow_nan=False) + "\n"
+
+
 class MetricsLog:
     """Appends one JSON line per call; lines are flushed so a killed run keeps what it logged."""
 
@@ -69,7 +78,7 @@ class MetricsLog:
     def write(self, step: int, scalars: dict[str, Any]) -> None:
         try:
             with open_for_writing(self.path, "a") as handle:
-                handle.write(json.dumps({"step": step, **scalars}) + "\n")
+                handle.write(json_line({"step": step, **scalars}))
         except OSError as exc:
             if is_write_error(exc):
                 raise write_error(self.path, exc, "append to") from None
@@ -88,5 +97,5 @@ class MetricsLog:
             )
         kept = [r for r in rows if r["step"] <= start_step and (is_eval_row(r) or r["step"] < start_step)]
         if self.path.exists():
-            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+            atomic_write_text(self.path, "".join(json_line(r) for r in kept))
         return kept
