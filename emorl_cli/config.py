@@ -180,14 +180,13 @@ class ModelConfig(_Section):
         "the difference between a sprite and the background on Multi-dSprites), so the slots first split the "
         "image into regions; below 1 the pixels' colours count first. The projection still learns.",
     )
-    layer_noise: Literal["fresh", "shared", "none"] = Field(
+    layer_noise: Literal["fresh", "shared"] = Field(
         "fresh",
-        description="The noise in the samples z^(l−1) that bottom-up layers 2..L make their attention queries "
-        "from: drawn afresh for every layer (the paper); 'shared': each slot keeps the ε of its first sample, "
+        description="The noise of the samples z^l that bottom-up layers 2..L make their attention queries from: "
+        "drawn afresh for every layer (the paper), or 'shared': each slot keeps the ε of its first sample, "
         "z^l = μ^l + σ^l·ε, so a slot keeps its identity through the layers, as Slot Attention's slots keep "
-        "their initial noise through its iterations; 'none': the queries come from the means μ^(l−1) (the "
-        "KL still uses fresh samples). On Multi-dSprites the posterior σ (0.6) is 20× the spread of the slots' "
-        "means early on, so fresh noise restarts the slots at every layer.",
+        "their initial noise through its iterations (on Multi-dSprites the posterior σ, 0.6, is 20× the spread "
+        "of the slots' means early on, so fresh noise restarts the slots at every layer).",
     )
     slot_init: Literal["shared", "per_slot"] = Field(
         "shared",

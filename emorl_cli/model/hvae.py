@@ -129,11 +129,10 @@ class HVAENetworks(nn.Module):
             if layer < self.num_layers - 1:
                 posterior = DiagonalGaussian.from_params(lamda)
                 if self.layer_noise == "shared":
-                    sample = posterior.loc + posterior.std * eps  # z^l [N, D], the slot's own ε again
+                    slots = posterior.loc + posterior.std * eps  # z^l [N, D], the slot's own ε again
                 else:
-                    sample = posterior.rsample(noise)  # z^l [N, D]
+                    slots = posterior.rsample(noise)  # z^l [N, D]
                 result.posteriors.append(posterior)
-                result.samples.append(sample)
-                slots = mu if self.layer_noise == "none" else sample  # the next layer's query input [N, D]
+                result.samples.append(slots)
         result.lamda = lamda
         return result
