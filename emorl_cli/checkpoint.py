@@ -306,7 +306,9 @@ def save_checkpoint(
         try:
             torch.save(payload, handle)  # through a Python file, so a full disk raises its own OSError
         except RuntimeError as exc:
-            if isinstance(exc.__context__, OSError):
+            # torch's zip writer, closing after a failed write, replaces the failure with its own RuntimeError:
+            # raise the failure itself — a full disk, or a stop signal (Ctrl-C, SIGTERM) that arrived mid-write
+            if isinstance(exc.__context__, (OSError, KeyboardInterrupt)):
                 raise exc.__context__ from None
             raise
     return path

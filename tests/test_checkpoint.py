@@ -210,3 +210,31 @@ def test_model_config_from_net_block_defaults_and_errors():
         model_config_from_original({"K": 4, "bogus": 1})
     with pytest.raises(ConfigError, match="IODINE"):
         model_config_from_original({"K": 4}, model="IODINE")
+
+
+def test_a_stop_signal_in_the_middle_of_a_checkpoint_write_is_raised_as_itself(tmp_path, monkeypatch):
+    """SIGTERM while torch.save writes: the caller sees the `Stopped` (and says the one stop line), not torch's
+    zip-writer RuntimeError ("unexpected pos …") that replaced it; no file or temporary file is left."""
+    import io
+    import signal
+
+    import emorl_cli.checkpoint as checkpoint
+    from emorl_cli.cli.stopping import Stopped
+
+    stop = Stopped(signal.SIGTERM)
+
+    class Interrupted(io.FileIO):
+        written = 0
+
+        def write(self, data):
+            Interrupted.written += len(data)
+            if Interrupted.written > 4096:
+                raise stop
+            return super().write(data)
+
+    monkeypatch.setattr(checkpoint, "open", lambda path, mode: Interrupted(path, mode.replace("b", "")), raising=False)
+    model = build_model(ModelConfig(K=2, z_size=4, input_size=(3, 8, 8), image_decoder="small"))
+    with pytest.raises(Stopped) as raised:
+        save_checkpoint(tmp_path / "step.pt", model=model, config=model.cfg)
+    assert raised.value is stop
+    assert list(tmp_path.iterdir()) == []
