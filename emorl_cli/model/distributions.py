@@ -61,8 +61,12 @@ class DiagonalGaussian:
         return cls(torch.zeros_like(like), torch.ones_like(like))
 
     def rsample(self, noise: Optional[NoiseFn] = None) -> torch.Tensor:
-        """z = μ + σ·ε, differentiable in μ and σ. [N, D]"""
-        return self.loc + self.std * standard_normal(self.loc.shape, self.loc, noise)
+        """z = μ + σ·ε with a fresh ε, differentiable in μ and σ. [N, D]"""
+        return self.reparameterize(standard_normal(self.loc.shape, self.loc, noise))
+
+    def reparameterize(self, eps: torch.Tensor) -> torch.Tensor:
+        """z = μ + σ·ε for a given standard-normal ε [N, D] (a draw the caller keeps). [N, D]"""
+        return self.loc + self.std * eps
 
 
 def gaussian_kl(q: DiagonalGaussian, p: DiagonalGaussian) -> torch.Tensor:

@@ -117,7 +117,7 @@ class HVAENetworks(nn.Module):
             return result
         start = DiagonalGaussian.from_params(lamda)
         eps = standard_normal(start.loc.shape, start.loc, noise)  # ε [N, D], kept by 'shared'
-        slots = start.loc + start.std * eps  # z⁰ [N, D]
+        slots = start.reparameterize(eps)  # z⁰ [N, D]
         for layer in range(self.num_layers):
             q = self.to_q(self.norm_slots(slots.view(b, self.K, d))) * self.scale  # [B, K, D]
             updates, attn = attend(q, keys, values)  # [B, K, D], [B, K, H*W]
@@ -129,7 +129,7 @@ class HVAENetworks(nn.Module):
             if layer < self.num_layers - 1:
                 posterior = DiagonalGaussian.from_params(lamda)
                 if self.layer_noise == "shared":
-                    slots = posterior.loc + posterior.std * eps  # z^l [N, D], the slot's own ε again
+                    slots = posterior.reparameterize(eps)  # z^l [N, D], the slot's own ε again
                 else:
                     slots = posterior.rsample(noise)  # z^l [N, D]
                 result.posteriors.append(posterior)
