@@ -21,8 +21,10 @@ import torch
 from emorl_cli.config import Config
 from emorl_cli.data.user_images import sources_from_python, summarize_preparations
 from emorl_cli.errors import CheckpointError, InputError
-from emorl_cli.evaluate.segmentation import Segmentation, segment_batches
+from emorl_cli.evaluate.runner import model_device
+from emorl_cli.evaluate.segmentation import Segmentation, check_batch_size, segment_batches
 from emorl_cli.evaluate.session import LoadedModel, load_model
+from emorl_cli.training.memory import check_inference_memory
 
 __all__ = ["Model", "load"]
 
@@ -117,6 +119,8 @@ class Model:
             `result.to_torch()` gives tensors, `result[i]` picture i's own arrays).
         """
         sources = sources_from_python(images, names)
+        batch = min(check_batch_size(batch_size), max(1, len(sources)))
+        check_inference_memory(self._loaded.cfg, batch, model_device(self._loaded.model), "batch_size")
         parts = list(
             segment_batches(self._loaded, sources, refinement_iters=refinement_iters, batch_size=batch_size, seed=seed)
         )

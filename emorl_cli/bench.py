@@ -214,14 +214,11 @@ def bench_eval(
     """Seconds to evaluate `num_images` test images (FG-ARI, ARI, MSE, KL), batched and one at a time."""
     from emorl_cli.evaluate.runner import evaluate_ari
     from emorl_cli.model import Objective, build_model
-    from emorl_cli.training.memory import refuse_beyond_free, training_step_bytes
+    from emorl_cli.training.memory import check_inference_memory
 
     device = torch.device("cuda" if torch.cuda.is_available() and not cpu else "cpu")
     batch_size = min(batch_size, num_images)  # a batch never holds more than the images evaluated
-    # inference keeps the graph of each refinement step, as a training step does: the same lower bound
-    _, h, w = cfg.model.input_size
-    sizes = f"batch {batch_size}, K={cfg.model.K}, {h}x{w} images"
-    refuse_beyond_free(training_step_bytes(cfg, batch_size), device, "evaluation", sizes, "--batch-size")
+    check_inference_memory(cfg, batch_size, device)
     torch.manual_seed(0)
     model = build_model(cfg.model).to(device).eval()
     if device.type == "cuda":

@@ -3,12 +3,14 @@ cannot fit, and pictures past a pixel limit — each one red line and exit code 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import one_error_line, tiny_config
+from helpers import one_error_line, subprocess_env, tiny_config
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -148,7 +150,74 @@ def test_bench_eval_refuses_a_batch_that_cannot_fit(monkeypatch):
 
     monkeypatch.setattr(memory, "free_memory_bytes", lambda device: 10_000_000)
     line = one_error_line(invoke("bench", "demo", "--mode", "eval", "--batch-size", 4096, "--num-images", 4096))
-    assert "evaluation needs at least about" in line and "batch 4096" in line and "--batch-size" in line
+    assert "inference needs at least about" in line and "batch 4096" in line and "--batch-size" in line
+
+
+@pytest.mark.parametrize(
+    "command, extra",
+    [(["eval", "ari"], []), (["eval", "activeness"], []), (["viz"], []), (["gifs"], ["--frames", "2"])],
+)
+def test_inference_commands_refuse_a_batch_that_cannot_fit_before_any_inference(
+    trained, tmp_path, monkeypatch, command, extra
+):
+    """A machine with half of what a batch of the 8 test images needs free (gifs' own estimate fits in it):
+    refused with the batch it would have run, not the --batch-size asked for."""
+    from emorl_cli.evaluate.session import load_model
+    from emorl_cli.pictures import gifs_memory_bytes
+    from emorl_cli.training import memory
+
+    cfg = load_model(checkpoint_of(trained)).cfg
+    free = memory.inference_batch_bytes(cfg, 8) // 2
+    assert gifs_memory_bytes(cfg, 10, 2) < free < memory.inference_batch_bytes(cfg, 8)
+    monkeypatch.setattr(memory, "free_memory_bytes", lambda device: free)
+    out = tmp_path / "out"
+    result = invoke(*command, "--checkpoint", checkpoint_of(trained), "--data-dir", trained / "data", "--out", out,
+                    "--num-images", 8, "--batch-size", 64, *extra)  # fmt: skip
+    line = one_error_line(result)
+    assert "inference needs at least about" in line and "batch 8," in line and "lower --batch-size" in line
+    assert not out.exists()
+
+
+def test_segment_and_the_python_api_refuse_a_batch_that_cannot_fit(trained, tmp_path, monkeypatch):
+    import emorl_cli
+    from emorl_cli.errors import TrainingError
+    from emorl_cli.training import memory
+
+    pictures = np.zeros((3, 35, 35, 3), np.uint8)
+    model = emorl_cli.load(checkpoint_of(trained))
+    monkeypatch.setattr(memory, "free_memory_bytes", lambda device: 1_000_000)
+    with pytest.raises(TrainingError, match=r"inference needs at least about .*batch 3,.* lower batch_size"):
+        model.segment(pictures, batch_size=16)
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    for i, picture in enumerate(pictures):
+        Image.fromarray(picture).save(folder / f"p{i}.png")
+    out = tmp_path / "segments"
+    line = one_error_line(invoke("segment", "--checkpoint", checkpoint_of(trained), folder, "--out", out))
+    assert "inference needs at least about" in line and "batch 3," in line and "lower --batch-size" in line
+    assert not out.exists()
+
+
+def test_the_inference_estimate_is_a_lower_bound_of_a_measured_batch(trained):
+    """Oracle: the peak RSS that segmenting one batch of 16 pictures adds in a fresh process (model loaded,
+    pictures in memory) is at least the estimate, which grows with the batch."""
+    from emorl_cli.evaluate.session import load_model
+    from emorl_cli.training.memory import inference_batch_bytes
+
+    cfg = load_model(checkpoint_of(trained)).cfg
+    assert inference_batch_bytes(cfg, 32) > 1.9 * inference_batch_bytes(cfg, 16)
+    code = f"""
+import os, resource, numpy as np, emorl_cli
+model = emorl_cli.load({str(checkpoint_of(trained))!r})
+pictures = np.random.default_rng(0).integers(0, 256, (16, 35, 35, 3), dtype=np.uint8)
+model.segment(pictures[:1])  # the first call's one-off allocations (kernels, workspaces) before the baseline
+before = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+model.segment(pictures, batch_size=16)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env())
+    assert done.returncode == 0, done.stderr
+    assert inference_batch_bytes(cfg, 16) <= int(done.stdout.split()[-1])
 
 
 # ------------------------------------------------------------------------------ pictures past a pixel limit

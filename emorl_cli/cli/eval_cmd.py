@@ -68,7 +68,7 @@ def ari(
         data_set,
         total=total * n_samples,
         num_images=limit,
-        batch_size=opts.batch(cfg),
+        batch_size=opts.batch(loaded, limit),
         samples=n_samples,
         refinement_iters=opts.refinement_iters,
         seed=opts.seed_for(cfg),
@@ -182,7 +182,7 @@ def dci(
             loaded,
             dataset,
             num_images=count,
-            batch_size=opts.batch(loaded.cfg),
+            batch_size=opts.batch(loaded, count),
             refinement_iters=opts.refinement_iters,
             seed=opts.seed_for(loaded.cfg),
             estimators=estimators,
@@ -212,11 +212,12 @@ def activeness(opts: InferenceOptions) -> None:
     from emorl_cli.evaluate.dci_report import run_activeness
 
     loaded, dataset = opts.open(need_masks=False)
+    count = opts.image_count(loaded.cfg, dataset)
     result, path = run_activeness(
         loaded,
         dataset,
-        num_images=opts.image_count(loaded.cfg, dataset),
-        batch_size=opts.batch(loaded.cfg),
+        num_images=count,
+        batch_size=opts.batch(loaded, count),
         refinement_iters=opts.refinement_iters,
         seed=opts.seed_for(loaded.cfg),
         out_dir=opts.out_dir("activeness"),

@@ -52,7 +52,7 @@ def gifs(
         result = make_gifs(
             loaded.model,
             loaded.objective(),
-            batches_of(dataset, indices, opts.batch(loaded.cfg)),
+            batches_of(dataset, indices, opts.batch(loaded, count)),
             out,
             refinement_iters=loaded.refinement_iters(opts.refinement_iters),
             num_images=count,
@@ -92,7 +92,7 @@ def viz(
         index = make_viz(
             loaded.model,
             loaded.objective(),
-            batches_of(dataset, list(range(count)), opts.batch(loaded.cfg)),
+            batches_of(dataset, list(range(count)), opts.batch(loaded, count)),
             out,
             refinement_iters=loaded.refinement_iters(opts.refinement_iters),
             num_images=count,

@@ -9,7 +9,8 @@ with b = 4 (float32) or 2 (bf16/fp16 autocast) and A_dec the decoder's hidden ac
 (`model.decoder_width` channels × layers × grid area). Measured on a CPU (peak RSS of one step, a quiet
 machine) for the shipped configs and variants of K, L, I, B and precision, a step used 1.3–2.5 times this,
 so it is a lower bound: a config whose estimate exceeds the free memory cannot train, and is refused before it
-allocates anything.
+allocates anything. Inference (eval, viz, gifs, segment) keeps the same activations per image, in float32, and
+is refused the same way for a --batch-size that cannot fit (`check_inference_memory`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from emorl_cli.model.decoder import hidden_channels
 
 # Activations per pixel of each image outside the decoder (encoder, attention, likelihood), fitted low.
 PIXEL_FEATURES = 700
+# The share of a training step's activations an inference batch is estimated to hold, fitted low (measured
+# 0.92–1.16, see `inference_batch_bytes`).
+INFERENCE_SHARE = 0.75
 # Set to 1 to train even when the estimate exceeds the free memory.
 SKIP_ENV = "EMORL_SKIP_MEMORY_CHECK"
 
@@ -45,17 +49,37 @@ def decoder_activations(kind: str, height: int, width: int, channels: Optional[i
     return c * 7 * height * width // 3
 
 
-def training_step_bytes(cfg: Config, batch: int) -> int:
-    """Estimated bytes of one training step of `cfg` at `batch` images per process (see the module)."""
+def _activations_per_image(cfg: Config) -> int:
+    """Values one image's pass keeps: K decodes of the decoder's hidden layers and the per-pixel features."""
+    _, h, w = cfg.model.input_size
+    decoder = decoder_activations(cfg.model.image_decoder, h, w, cfg.model.decoder_width)
+    return cfg.model.K * decoder + PIXEL_FEATURES * h * w
+
+
+def _parameter_count(cfg: Config) -> int:
     from emorl_cli.model import build_model
 
-    _, h, w = cfg.model.input_size
-    per_value = 2 if cfg.training.mixed_precision in ("bf16", "fp16") else 4
-    decoder = decoder_activations(cfg.model.image_decoder, h, w, cfg.model.decoder_width)
-    per_image = cfg.model.K * decoder + PIXEL_FEATURES * h * w
     with torch.device("meta"):  # counts the parameters without allocating them
-        parameters = sum(p.numel() for p in build_model(cfg.model).parameters())
-    return per_value * batch * per_image + 16 * parameters
+        return sum(p.numel() for p in build_model(cfg.model).parameters())
+
+
+def training_step_bytes(cfg: Config, batch: int) -> int:
+    """Estimated bytes of one training step of `cfg` at `batch` images per process (see the module)."""
+    per_value = 2 if cfg.training.mixed_precision in ("bf16", "fp16") else 4
+    return per_value * batch * _activations_per_image(cfg) + 16 * _parameter_count(cfg)
+
+
+def inference_batch_bytes(cfg: Config, batch: int) -> int:
+    """Estimated bytes of inferring one batch of `batch` images (eval, viz, gifs, segment): a share
+    `INFERENCE_SHARE` of a training step's activations, in float32 (inference does not autocast), and the
+    weights alone.
+
+    A refinement step keeps the graph of its decode for the gradient with respect to λ, and at I = 0 a decode's
+    activations are still alive at once, so a batch holds about what one training stage holds. Measured per
+    image against the unscaled activations: 1.0× (`emorl eval ari`, I = 0) and 1.16× (I = 2) on
+    demo_multi_dsprites at decoder width 16, 0.92× (segmenting, I = 2) on the demo's 35×35 model.
+    """
+    return int(4 * INFERENCE_SHARE * batch * _activations_per_image(cfg)) + 4 * _parameter_count(cfg)
 
 
 def free_memory_bytes(device: torch.device) -> Optional[int]:
@@ -103,3 +127,16 @@ def check_training_memory(cfg: Config, device: torch.device, batch: int) -> int:
     sizes = f"batch {batch} per process, K={cfg.model.K}, {h}x{w} images, {cfg.model.image_decoder} decoder"
     lower = "training.batch_size or model.K"
     return refuse_beyond_free(training_step_bytes(cfg, batch), device, "training", sizes, lower)
+
+
+def check_inference_memory(cfg: Config, batch: int, device: torch.device, lower: str = "--batch-size") -> int:
+    """Refuse an inference batch whose memory estimate exceeds what `device` has free; returns the estimate.
+
+    `lower`: the option that shrinks the batch, as the caller's user knows it.
+
+    Raises:
+        TrainingError: the estimate exceeds the free memory (the message gives both and what to lower).
+    """
+    _, h, w = cfg.model.input_size
+    sizes = f"batch {batch}, K={cfg.model.K}, {h}x{w} images, {cfg.model.image_decoder} decoder"
+    return refuse_beyond_free(inference_batch_bytes(cfg, batch), device, "inference", sizes, lower)
