@@ -188,6 +188,15 @@ class ModelConfig(_Section):
         "their initial noise through its iterations (on Multi-dSprites the posterior σ, 0.6, is 20× the spread "
         "of the slots' means early on, so fresh noise restarts the slots at every layer).",
     )
+    decoder_position_frequencies: int = Field(
+        0,
+        ge=0,
+        le=8,
+        description="F: sine and cosine octaves (2^k·π, k = 0..F−1) of the row and column position added to the "
+        "four linear ramps the spatial-broadcast decoder is given (0: the ramps alone, the paper). A decoder fed "
+        "ramps alone draws smooth regions first and small shapes late (spectral bias); F = 4 gives it "
+        "positions as fine as 8 periods across the image.",
+    )
     slot_init: Literal["shared", "per_slot"] = Field(
         "shared",
         description="λ⁰, the posterior the bottom-up layers start from: one learned [μ, s] shared by the K slots "

@@ -3,6 +3,7 @@ size, no_grad inference, channels-last inputs, slot symmetry, batch independence
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
@@ -144,15 +145,33 @@ def test_hidden_elements_is_the_largest_activation_a_decode_makes(kind, size):
     assert decoder.hidden_elements() == max(seen)
 
 
+def test_the_decoder_position_octaves_are_sines_and_cosines_of_the_ramps():
+    """Oracle: numpy's sin and cos of 2^k·π·u for the row ramp u = i/(H−1) and the column ramp j/(W−1); F = 0 is
+    the paper's four ramps, and the paper's decoder keeps its 4-input position projection."""
+    from emorl_cli.model.position import fourier_position_grid, position_grid
+
+    assert torch.equal(fourier_position_grid(5, 7, 0), position_grid(5, 7))
+    grid = fourier_position_grid(5, 7, 3).numpy()  # [5, 7, 4 + 12]
+    rows, cols = np.meshgrid(np.arange(5) / 4, np.arange(7) / 6, indexing="ij")  # [5, 7] each
+    angles = [np.pi * 2.0**k * u for u in (rows, cols) for k in range(3)]
+    expected = np.stack([*map(np.sin, angles), *map(np.cos, angles)], axis=-1)  # [5, 7, 12]
+    np.testing.assert_allclose(grid[..., :4], position_grid(5, 7).numpy())
+    np.testing.assert_allclose(grid[..., 4:], expected, atol=1e-6)
+    assert SpatialBroadcastDecoder("iodine", 6, 12, 12).pos_embed_projection.in_features == 4
+    assert SpatialBroadcastDecoder("iodine", 6, 12, 12, position_frequencies=3).pos_embed_projection.in_features == 16
+
+
 def test_upsample_decoder_needs_sides_divisible_by_four():
     with pytest.raises(ValueError, match=r"'upsample' needs image sides divisible by 4.*\[3, 18, 18\]"):
         ModelConfig(**{**SMALL, "input_size": (3, 18, 18), "image_decoder": "upsample"})
 
 
-@pytest.mark.parametrize(("kind", "size"), [("small", 12), ("iodine", 12), ("upsample", 16)])
-def test_broadcast_first_conv_matches_tiling(kind, size):
+@pytest.mark.parametrize(
+    ("kind", "size", "frequencies"), [("small", 12, 0), ("iodine", 12, 0), ("upsample", 16, 0), ("iodine", 12, 3)]
+)
+def test_broadcast_first_conv_matches_tiling(kind, size, frequencies):
     torch.manual_seed(1)
-    decoder = SpatialBroadcastDecoder(kind, 6, size, size)
+    decoder = SpatialBroadcastDecoder(kind, 6, size, size, position_frequencies=frequencies)
     for p in decoder.parameters():
         torch.nn.init.normal_(p, 0, 0.05)
     z = torch.randn(4, 6, requires_grad=True)

@@ -39,7 +39,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from emorl_cli.model.position import position_grid
+from emorl_cli.model.position import fourier_position_grid
 
 OUTPUT_CHANNELS = 4  # RGB + mask logit
 
@@ -202,15 +202,25 @@ def _output_side(layer: nn.Conv2d | nn.ConvTranspose2d, size: int, dim: int) -> 
 
 class SpatialBroadcastDecoder(nn.Module):
     """z [N, D] → (rgb [N, 3, H, W] in [0, 1], mask_logits [N, H, W]); `channels`: hidden width (None: the
-    kind's own, DEFAULT_WIDTH)."""
+    kind's own, DEFAULT_WIDTH); `position_frequencies`: F sine/cosine octaves added to the four position ramps
+    (0: the paper's ramps alone; see `position.fourier_position_grid`)."""
 
-    def __init__(self, kind: str, z_size: int, height: int, width: int, channels: int | None = None):
+    def __init__(
+        self,
+        kind: str,
+        z_size: int,
+        height: int,
+        width: int,
+        channels: int | None = None,
+        position_frequencies: int = 0,
+    ):
         super().__init__()
         self.kind = kind
         self.decode = _layers(kind, z_size, hidden_channels(kind, channels))
-        self.pos_embed_projection = nn.Linear(4, z_size)
+        self.pos_embed_projection = nn.Linear(4 + 4 * position_frequencies, z_size)
         gh, gw = grid_size(kind, height, width)
-        self.register_buffer("grid", position_grid(gh, gw), persistent=False)  # [Gh, Gw, 4]
+        grid = fourier_position_grid(gh, gw, position_frequencies)  # [Gh, Gw, 4 + 4F]
+        self.register_buffer("grid", grid, persistent=False)
         first = self.decode[0]
         self.first_layer = BroadcastConv(gh, gw, first) if BroadcastConv.supports(first) else None
         self.use_broadcast_conv = self.first_layer is not None  # False: tile z and run every layer as is

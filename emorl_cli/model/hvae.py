@@ -78,7 +78,9 @@ class HVAENetworks(nn.Module):
             xavier_init(self.project_update, gain=cfg.init_gain)
         self.mlp_mu = nn.Sequential(nn.Linear(d, 2 * d), nn.ReLU(), nn.Linear(2 * d, d))
         self.mlp_softplus = nn.Sequential(nn.Linear(d, 2 * d), nn.ReLU(), nn.Linear(2 * d, d))
-        self.image_decoder = SpatialBroadcastDecoder(cfg.image_decoder, d, h, w, cfg.decoder_width)
+        self.image_decoder = SpatialBroadcastDecoder(
+            cfg.image_decoder, d, h, w, cfg.decoder_width, cfg.decoder_position_frequencies
+        )
         # λ⁰ = [μ, s]: [1, 2D] shared by the slots (the paper), or [K, 2D] with slot_init 'per_slot', whose
         # means start apart (N(0, 1)) so that the slots differ before any noise is drawn
         rows = cfg.K if cfg.slot_init == "per_slot" else 1

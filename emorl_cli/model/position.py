@@ -29,3 +29,23 @@ def position_grid(
         [ramp(1.0, 0.0, height, 0), ramp(0.0, 1.0, height, 0), ramp(0.0, 1.0, width, 1), ramp(1.0, 0.0, width, 1)],
         dim=-1,
     ).contiguous()  # [H, W, 4]
+
+
+def fourier_position_grid(
+    height: int,
+    width: int,
+    frequencies: int,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """The four ramps of `position_grid` followed by sin(2^k·π·u) and cos(2^k·π·u), k = 0..F−1, of the row
+    ramp u = i/(H−1) and of the column ramp j/(W−1): [H, W, 4 + 4F] (F = `frequencies`; 0 gives the ramps).
+
+    A network fed only linear ramps learns high spatial frequencies slowly (spectral bias); with these, a
+    decoder can place a small shape after a few layers (F = 4 reaches 8 periods across the grid)."""
+    ramps = position_grid(height, width, dtype=dtype, device=device)  # [H, W, 4]
+    if frequencies == 0:
+        return ramps
+    scales = torch.pi * 2.0 ** torch.arange(frequencies, dtype=dtype, device=device)  # [F]
+    angles = torch.cat([ramps[..., 1:2] * scales, ramps[..., 2:3] * scales], dim=-1)  # [H, W, 2F]
+    return torch.cat([ramps, angles.sin(), angles.cos()], dim=-1).contiguous()  # [H, W, 4 + 4F]

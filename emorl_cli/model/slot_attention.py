@@ -48,7 +48,9 @@ class SlotAttention(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(d, MLP_HIDDEN), nn.ReLU(), nn.Linear(MLP_HIDDEN, d))
         self.gru = nn.GRU(d, d)
         self.init_slots = nn.Parameter(torch.cat([torch.zeros(1, d), torch.ones(1, d)], dim=1))  # [1, 2D]
-        self.image_decoder = SpatialBroadcastDecoder(cfg.image_decoder, d, h, w, cfg.decoder_width)
+        self.image_decoder = SpatialBroadcastDecoder(
+            cfg.image_decoder, d, h, w, cfg.decoder_width, cfg.decoder_position_frequencies
+        )
         xavier_init(self.image_decoder, gain=cfg.init_gain)  # the original initialises only the decoder this way
 
     def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
