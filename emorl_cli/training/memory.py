@@ -9,8 +9,8 @@ with b = 4 (float32) or 2 (bf16/fp16 autocast) and A_dec the decoder's hidden ac
 (`model.decoder_width` channels × layers × grid area). Measured on a CPU (peak RSS of one step, a quiet
 machine) for the shipped configs and variants of K, L, I, B and precision, a step used 1.3–2.5 times this,
 so it is a lower bound: a config whose estimate exceeds the free memory cannot train, and is refused before it
-allocates anything. Inference (eval, viz, gifs, segment) keeps the same activations per image, in float32, and
-is refused the same way for a --batch-size that cannot fit (`check_inference_memory`).
+allocates anything. Inference (eval, viz, gifs, segment) keeps about the same activations per image, in
+float32, and is refused the same way for a --batch-size that cannot fit (`check_inference_memory`).
 """
 
 from __future__ import annotations
