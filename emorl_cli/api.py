@@ -21,10 +21,9 @@ import torch
 from emorl_cli.config import Config
 from emorl_cli.data.user_images import sources_from_python, summarize_preparations
 from emorl_cli.errors import CheckpointError, InputError
-from emorl_cli.evaluate.runner import model_device
 from emorl_cli.evaluate.segmentation import Segmentation, check_batch_size, segment_batches
 from emorl_cli.evaluate.session import LoadedModel, load_model
-from emorl_cli.training.memory import check_inference_memory
+from emorl_cli.training.memory import fit_inference_batch
 
 __all__ = ["Model", "load"]
 
@@ -119,8 +118,7 @@ class Model:
             `result.to_torch()` gives tensors, `result[i]` picture i's own arrays).
         """
         sources = sources_from_python(images, names)
-        batch = min(check_batch_size(batch_size), max(1, len(sources)))
-        check_inference_memory(self._loaded.cfg, batch, model_device(self._loaded.model), "batch_size")
+        fit_inference_batch(self._loaded, check_batch_size(batch_size), len(sources), "batch_size")
         parts = list(
             segment_batches(self._loaded, sources, refinement_iters=refinement_iters, batch_size=batch_size, seed=seed)
         )

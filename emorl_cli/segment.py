@@ -37,12 +37,11 @@ import numpy as np
 from emorl_cli.config import config_to_dict
 from emorl_cli.data.user_images import PictureSource, Preparation, check_readable, summarize_preparations
 from emorl_cli.errors import DataError, InputError
-from emorl_cli.evaluate.runner import model_device
 from emorl_cli.evaluate.segmentation import Segmentation, check_batch_size, segment_batches, slot_statistics
 from emorl_cli.evaluate.session import LoadedModel, file_sha256
 from emorl_cli.files import atomic_path, atomic_write_json, ensure_writable_folder, json_safe
 from emorl_cli.locks import lock_folder
-from emorl_cli.training.memory import check_inference_memory
+from emorl_cli.training.memory import fit_inference_batch
 from emorl_cli.viz.segments import PALETTE, write_segment_pictures
 
 RUN_FILE = "segment-run.json"
@@ -232,8 +231,7 @@ def segment_to_folder(
         raise InputError("no pictures to segment; give image files, folders, globs or .h5 files")
     for source in sources:
         check_readable(source)  # a file that is no picture fails now, not after minutes of work
-    batch = min(check_batch_size(batch_size), len(sources))
-    check_inference_memory(loaded.cfg, batch, model_device(loaded.model))  # nor a batch that cannot fit
+    fit_inference_batch(loaded, check_batch_size(batch_size), len(sources))  # nor a batch that cannot fit
     ensure_writable_folder(out, "output folder")
     with lock_folder(out, "emorl segment", advice="wait for it to finish or give another --out"):
         settings = run_settings(loaded, refinement_iters, seed)

@@ -121,13 +121,10 @@ class InferenceOptions:
     def batch(self, loaded: LoadedModel, count: int) -> int:
         """--batch-size, else the config's eval.batch_size, at most the `count` images to infer; refused in one
         line when a batch of it cannot fit in the memory the model's device has free."""
-        from emorl_cli.evaluate.runner import model_device
-        from emorl_cli.training.memory import check_inference_memory
+        from emorl_cli.training.memory import fit_inference_batch
 
         wanted = self.batch_size if self.batch_size is not None else loaded.cfg.eval.batch_size
-        batch = max(1, min(wanted, count))
-        check_inference_memory(loaded.cfg, batch, model_device(loaded.model))
-        return batch
+        return fit_inference_batch(loaded, wanted, count)
 
     def seed_for(self, cfg: Config) -> int:
         """--seed, else the config's training.seed."""

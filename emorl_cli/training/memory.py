@@ -16,7 +16,7 @@ float32, and is refused the same way for a --batch-size that cannot fit (`check_
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 
@@ -24,6 +24,9 @@ from emorl_cli.config import Config
 from emorl_cli.data.batches import available_memory_bytes
 from emorl_cli.errors import TrainingError
 from emorl_cli.model.decoder import hidden_channels
+
+if TYPE_CHECKING:
+    from emorl_cli.evaluate.session import LoadedModel
 
 # Activations per pixel of each image outside the decoder (encoder, attention, likelihood), fitted low.
 PIXEL_FEATURES = 700
@@ -140,3 +143,13 @@ def check_inference_memory(cfg: Config, batch: int, device: torch.device, lower:
     _, h, w = cfg.model.input_size
     sizes = f"batch {batch}, K={cfg.model.K}, {h}x{w} images, {cfg.model.image_decoder} decoder"
     return refuse_beyond_free(inference_batch_bytes(cfg, batch), device, "inference", sizes, lower)
+
+
+def fit_inference_batch(loaded: LoadedModel, wanted: int, count: int, lower: str = "--batch-size") -> int:
+    """The batch that inferring `count` images `wanted` at a time runs with (at most `count`, at least 1),
+    after `check_inference_memory` on the model's device: what eval, viz, gifs and segment call."""
+    from emorl_cli.evaluate.runner import model_device
+
+    batch = max(1, min(wanted, count))
+    check_inference_memory(loaded.cfg, batch, model_device(loaded.model), lower)
+    return batch
